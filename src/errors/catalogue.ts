@@ -1,0 +1,115 @@
+/**
+ * Every error the gateway itself answers with. Each has a stable wire `code` (the `code` of
+ * OpenAI's envelope), an HTTP status and OpenAI's error `type`. Statuses decide whether the SDKs
+ * retry (408, 409, 429 and 5xx), so anything a retry cannot fix is a 4xx.
+ * docs/errors.md lists the same table; test/unit/errors.test.ts keeps the two in step.
+ */
+export type OpenAIErrorType = 'invalid_request_error' | 'server_error'
+
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null }
+}
+
+interface Entry {
+  status: number
+  type: OpenAIErrorType
+  /** One line for docs/errors.md. */
+  when: string
+}
+
+export const CATALOGUE = {
+  invalid_json: { status: 400, type: 'invalid_request_error', when: 'the body is not valid JSON' },
+  unsupported_content_type: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'the Content-Type is not one the endpoint takes'
+  },
+  invalid_multipart: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'a multipart body is malformed or ends before its closing boundary'
+  },
+  missing_required_parameter: { status: 400, type: 'invalid_request_error', when: 'a required field is absent' },
+  invalid_type: { status: 400, type: 'invalid_request_error', when: 'a field has the wrong type' },
+  invalid_value: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'a field has a value the model does not take'
+  },
+  integer_below_min_value: { status: 400, type: 'invalid_request_error', when: 'an integer field is too small' },
+  integer_above_max_value: { status: 400, type: 'invalid_request_error', when: 'an integer field is too large' },
+  string_above_max_length: { status: 400, type: 'invalid_request_error', when: 'the prompt is too long for the model' },
+  unknown_parameter: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'a field the model rejects (response_format with a GPT image model)'
+  },
+  invalid_image_format: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'a file is not PNG, JPEG or WebP (by its bytes), or not the format the model needs'
+  },
+  invalid_image_dimensions: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'dall-e-2 image not square, or mask not the size of the image'
+  },
+  image_too_large: { status: 400, type: 'invalid_request_error', when: 'a file is over the model\'s per-file size' },
+  too_many_images: { status: 400, type: 'invalid_request_error', when: 'more files than the model takes' },
+  request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap' },
+  model_not_found: { status: 404, type: 'invalid_request_error', when: 'the model is not configured on this gateway' },
+  unknown_url: { status: 404, type: 'invalid_request_error', when: 'no such route' },
+  upstream_unreachable: {
+    status: 502,
+    type: 'server_error',
+    when: 'the upstream refused, reset or dropped the connection'
+  },
+  upstream_credentials_rejected: {
+    status: 502,
+    type: 'server_error',
+    when: 'the upstream refused the gateway\'s own provider credentials (HTTP 401 upstream)'
+  },
+  upstream_error: {
+    status: 502,
+    type: 'server_error',
+    when: 'the upstream answered an error status with no OpenAI error body (the upstream\'s status is kept)'
+  },
+  upstream_bad_response: { status: 502, type: 'server_error', when: 'the upstream answered with something unusable' },
+  upstream_timeout: { status: 504, type: 'server_error', when: 'the upstream took longer than its configured timeout' },
+  internal_error: { status: 500, type: 'server_error', when: 'a bug in the gateway (details only in its log)' }
+} as const satisfies Record<string, Entry>
+
+export type ErrorCode = keyof typeof CATALOGUE
+
+export class GatewayError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+  readonly type: OpenAIErrorType
+  readonly param: string | null
+  /** Extra answer headers, e.g. x-should-retry. */
+  readonly headers: Readonly<Record<string, string>>
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: {
+      param?: string | null
+      cause?: unknown
+      headers?: Record<string, string>
+      /** Only for errors that relay an upstream's own status. */
+      status?: number
+    } = {}
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'GatewayError'
+    this.code = code
+    this.status = options.status ?? CATALOGUE[code].status
+    this.type = this.status < 500 ? 'invalid_request_error' : CATALOGUE[code].type
+    this.param = options.param ?? null
+    this.headers = options.headers ?? {}
+  }
+
+  toBody(): OpenAIErrorBody {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } }
+  }
+}

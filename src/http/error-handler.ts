@@ -1,0 +1,66 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { GatewayError } from '../errors/catalogue.js'
+
+/** Fastify's own errors, in the catalogue's terms. */
+function fromFastify(err: FastifyError): GatewayError | null {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new GatewayError('request_too_large', 'The request body is over the size this endpoint takes.')
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new GatewayError(
+        'unsupported_content_type',
+        'Unsupported Content-Type: image generations take application/json; edits take multipart/form-data or application/json; variations take multipart/form-data.'
+      )
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return invalidJson()
+    default:
+      return null
+  }
+}
+
+export function invalidJson(): GatewayError {
+  return new GatewayError(
+    'invalid_json',
+    "We could not parse the JSON body of your request. The API expects a JSON object; check that the body is valid JSON and that Content-Type is application/json."
+  )
+}
+
+/** Clients read an error only if we stop waiting for the rest of an upload they are still sending. */
+function closeIfUnread(request: FastifyRequest, reply: FastifyReply): void {
+  if (!request.raw.complete) reply.header('connection', 'close')
+}
+
+/**
+ * The one place that writes error bodies: OpenAI's envelope, `application/json`, the status from
+ * the catalogue. A 5xx of our own shows a generic message; its cause goes to the log only.
+ */
+async function errorHandler(app: FastifyInstance): Promise<void> {
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    const known = err instanceof GatewayError ? err : fromFastify(err)
+    const error = known ?? new GatewayError('internal_error', 'The gateway failed to handle the request.', { cause: err })
+    request.gateway.errorCode = error.code
+    if (error.status >= 500) {
+      request.log.error({ err: error.cause ?? error, code: error.code }, 'request failed')
+    }
+    if (reply.sent || reply.raw.headersSent || reply.raw.destroyed) return
+    closeIfUnread(request, reply)
+    reply
+      .code(error.status)
+      .headers(error.headers)
+      .header('content-type', 'application/json')
+      .send(JSON.stringify(error.toBody()))
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? ''
+    const error = new GatewayError('unknown_url', `Invalid URL (${request.method} ${path})`)
+    request.gateway.errorCode = error.code
+    closeIfUnread(request, reply)
+    reply.code(error.status).header('content-type', 'application/json').send(JSON.stringify(error.toBody()))
+  })
+}
+
+export default fp(errorHandler, { name: 'error-handler' })

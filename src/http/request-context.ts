@@ -1,0 +1,79 @@
+import { randomUUID } from 'node:crypto'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+
+/** What one request did, for its log line; filled in as the request goes. */
+export interface RequestContext {
+  model: string | null
+  deployment: string | null
+  upstreamStatus: number | null
+  upstreamRequestId: string | null
+  /** What counts the body bytes read (the JSON body, or the multipart relay). */
+  body: { readonly bytesIn: number } | null
+  /** The socket's bytesWritten when the request began (keep-alive sockets carry several requests). */
+  socketBytesWrittenAtStart: number
+  errorCode: string | null
+  clientClosed: boolean
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    gateway: RequestContext
+  }
+}
+
+// An incoming id is kept when it is short and plain, so that it can be logged and echoed safely.
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+export function requestId(request: { headers: Record<string, string | string[] | undefined> }): string {
+  const incoming = request.headers['x-request-id']
+  if (typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming)) return incoming
+  return `req_${randomUUID().replaceAll('-', '')}`
+}
+
+/**
+ * Request ids and the one log line per request. The line carries no headers, keys or prompts:
+ * request id, route, model, deployment, statuses, bytes and duration.
+ */
+async function requestContext(app: FastifyInstance): Promise<void> {
+  app.decorateRequest('gateway', null as unknown as RequestContext)
+
+  app.addHook('onRequest', async (request, reply) => {
+    request.gateway = {
+      model: null,
+      deployment: null,
+      upstreamStatus: null,
+      upstreamRequestId: null,
+      body: null,
+      socketBytesWrittenAtStart: request.raw.socket?.bytesWritten ?? 0,
+      errorCode: null,
+      clientClosed: false
+    }
+    reply.header('x-request-id', request.id)
+    reply.header('x-gateway-request-id', request.id)
+  })
+
+  app.addHook('onResponse', async (request: FastifyRequest, reply) => {
+    const context = request.gateway
+    // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
+    const bytesOut = (request.raw.socket?.bytesWritten ?? 0) - context.socketBytesWrittenAtStart
+    request.log.info(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? null,
+        status: context.clientClosed ? 499 : reply.statusCode,
+        model: context.model,
+        deployment: context.deployment,
+        upstreamStatus: context.upstreamStatus,
+        upstreamRequestId: context.upstreamRequestId,
+        errorCode: context.errorCode,
+        bytesIn: context.body?.bytesIn ?? 0,
+        bytesOut: Math.max(0, bytesOut),
+        durationMs: Math.round(reply.elapsedTime * 10) / 10
+      },
+      'request'
+    )
+  })
+}
+
+export default fp(requestContext, { name: 'request-context' })

@@ -1,0 +1,254 @@
+import type { IncomingMessage } from 'node:http'
+import { Readable } from 'node:stream'
+import { GatewayError } from '../errors/catalogue.js'
+import type { Endpoint, ModelRules } from '../openai/models.js'
+import { FormInspector } from './inspector.js'
+import { MultipartScanner, MultipartSyntaxError } from './scanner.js'
+import { ByteSpool } from './spool.js'
+
+export interface RelayOptions {
+  endpoint: Endpoint
+  boundary: string
+  maxBodyBytes: number
+  holdMemoryBytes: number
+}
+
+/** How the upstream body differs from the client's: the `model` value swapped, or a model part added. */
+interface Rewrite {
+  start: number
+  end: number
+  bytes: Buffer
+}
+
+type Mode = 'holding' | 'routing' | 'streaming' | 'failed'
+
+const UPSTREAM_BODY_HIGH_WATER_MARK = 64 * 1024
+/** After refusing an upload, what we still read so the client sees our answer, before cutting it off. */
+const DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
+
+/**
+ * Carries one multipart upload from the client to the upstream, byte for byte. A scanner reads the
+ * same bytes on the side. Until the `model` field (or the form's end) has been seen, the bytes are
+ * held in a spool; then they are replayed and the rest streams live with backpressure. A chunk goes
+ * upstream only after the scanner has read it and every rule it could break has passed, so when a
+ * rule breaks, the upstream body is failed before the form's closing boundary ever reaches it.
+ */
+export class MultipartRelay {
+  readonly inspector: FormInspector
+  /** Resolves when the model can be decided; rejects with what was wrong if the upload fails first. */
+  readonly routable: Promise<void>
+  bytesIn = 0
+  private readonly source: IncomingMessage
+  private readonly options: RelayOptions
+  private readonly scanner: MultipartScanner
+  private readonly spool: ByteSpool
+  private readonly failureListeners: ((err: GatewayError) => void)[] = []
+  private mode: Mode = 'holding'
+  private modelSeen = false
+  private sourceEnded = false
+  private output: Readable | null = null
+  private replay: Readable | null = null
+  private failure: GatewayError | null = null
+  private resolveRoutable!: () => void
+  private rejectRoutable!: (err: GatewayError) => void
+  private spoolWrites = 0
+
+  constructor(source: IncomingMessage, options: RelayOptions) {
+    this.source = source
+    this.options = options
+    this.inspector = new FormInspector(options.endpoint, () => {
+      this.modelSeen = true
+    })
+    this.scanner = new MultipartScanner(options.boundary, this.inspector)
+    this.spool = new ByteSpool(options.holdMemoryBytes)
+    this.routable = new Promise((resolve, reject) => {
+      this.resolveRoutable = resolve
+      this.rejectRoutable = reject
+    })
+    // A failure before routing is reported through `routable`; keep an unobserved one quiet.
+    this.routable.catch(() => undefined)
+    source.on('data', (chunk: Buffer) => this.onData(chunk))
+    source.once('end', () => this.onEnd())
+    source.once('error', () => this.onSourceError())
+  }
+
+  get failed(): GatewayError | null {
+    return this.failure
+  }
+
+  onFailure(listener: (err: GatewayError) => void): void {
+    this.failureListeners.push(listener)
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.mode === 'failed') return
+    this.bytesIn += chunk.length
+    if (this.bytesIn > this.options.maxBodyBytes) {
+      this.fail(new GatewayError('request_too_large', `The request body is over ${this.options.maxBodyBytes} bytes.`))
+      return
+    }
+    try {
+      this.scanner.write(chunk)
+    } catch (err) {
+      this.fail(asGatewayError(err))
+      return
+    }
+    if (this.mode === 'streaming') {
+      if (this.output !== null && !this.output.push(chunk)) this.source.pause()
+      return
+    }
+    const pending = this.spool.append(chunk)
+    if (pending !== undefined) {
+      this.spoolWrites++
+      this.source.pause()
+      pending.then(
+        () => {
+          this.spoolWrites--
+          this.afterHeld()
+        },
+        (err: unknown) => this.fail(new GatewayError('internal_error', 'The upload could not be held.', { cause: err }))
+      )
+      return
+    }
+    this.afterHeld()
+  }
+
+  /** After a held chunk is kept: route if the model is known or the form ended, else read on. */
+  private afterHeld(): void {
+    if (this.mode !== 'holding' || this.spoolWrites > 0) return
+    if (this.modelSeen || this.inspector.formEnded) {
+      this.mode = 'routing'
+      this.source.pause()
+      this.resolveRoutable()
+    } else {
+      this.source.resume()
+    }
+  }
+
+  private onEnd(): void {
+    this.sourceEnded = true
+    if (this.mode === 'failed') return
+    try {
+      this.scanner.end()
+    } catch (err) {
+      this.fail(asGatewayError(err))
+      return
+    }
+    if (this.mode === 'streaming' && this.replay === null) this.output?.push(null)
+  }
+
+  private onSourceError(): void {
+    // The client went away mid-upload; the route's abort signal answers for it.
+    this.fail(new GatewayError('invalid_multipart', 'The upload was cut off before it ended.'))
+  }
+
+  /**
+   * The model is decided: checks all that was seen against its rules (throws what breaks them), and
+   * notes how the upstream's model name differs from the client's.
+   */
+  route(model: string, rules: ModelRules | null): void {
+    if (this.failure !== null) throw this.failure
+    this.inspector.route(model, rules)
+  }
+
+  private rewriteFor(upstreamModel: string, clientModel: string): Rewrite | null {
+    const range = this.inspector.modelRange
+    if (range !== null) {
+      return upstreamModel === clientModel ? null : { ...range, bytes: Buffer.from(upstreamModel, 'utf8') }
+    }
+    // No model field, so the form has ended (that is how OpenAI's default was chosen): name the
+    // model explicitly, in a part added before the closing delimiter, so routing and upstream agree.
+    const at = this.inspector.closeOffset
+    const part = `\r\n--${this.options.boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n${upstreamModel}`
+    return { start: at, end: at, bytes: Buffer.from(part, 'utf8') }
+  }
+
+  /** The upstream body's length, when the client declared its own. */
+  upstreamLength(clientLength: number | null, upstreamModel: string, clientModel: string): number | null {
+    if (clientLength === null) return null
+    const rewrite = this.rewriteFor(upstreamModel, clientModel)
+    return rewrite === null ? clientLength : clientLength - (rewrite.end - rewrite.start) + rewrite.bytes.length
+  }
+
+  /** The body to send upstream: the held bytes (with the model rewritten if needed), then the rest live. */
+  body(upstreamModel: string, clientModel: string): Readable {
+    if (this.output !== null) throw new Error('the upstream body was already taken')
+    const output = new Readable({
+      highWaterMark: UPSTREAM_BODY_HIGH_WATER_MARK,
+      read: () => {
+        if (this.replay !== null) this.replay.resume()
+        else if (this.mode === 'streaming' && !this.sourceEnded) this.source.resume()
+      },
+      destroy: (err, callback) => {
+        this.replay?.destroy()
+        callback(err)
+      }
+    })
+    this.output = output
+    const rewrite = this.rewriteFor(upstreamModel, clientModel)
+    const held = this.spool.size
+    const spool = this.spool
+    const replay = Readable.from(
+      (async function* () {
+        if (rewrite === null) {
+          yield* spool.read(0, held)
+          return
+        }
+        yield* spool.read(0, rewrite.start)
+        yield rewrite.bytes
+        yield* spool.read(rewrite.end, held)
+      })()
+    )
+    this.replay = replay
+    replay.on('data', (chunk: Buffer) => {
+      if (!output.push(chunk)) replay.pause()
+    })
+    replay.once('error', (err) => this.fail(new GatewayError('internal_error', 'The held upload could not be read.', { cause: err })))
+    replay.once('end', () => {
+      this.replay = null
+      if (this.mode === 'failed') return
+      this.mode = 'streaming'
+      void this.spool.dispose()
+      if (this.sourceEnded) output.push(null)
+      else this.source.resume()
+    })
+    return output
+  }
+
+  /** Stops the upload: the upstream body fails (so the upstream never sees a complete form). */
+  fail(err: GatewayError): void {
+    if (this.mode === 'failed') return
+    this.mode = 'failed'
+    this.failure = err
+    this.rejectRoutable(err)
+    this.output?.destroy(err)
+    this.replay?.destroy()
+    void this.spool.dispose()
+    for (const listener of this.failureListeners) listener(err)
+    this.drain()
+  }
+
+  /** Reads and drops what the client still sends, so it can read our answer instead of a reset. */
+  private drain(): void {
+    if (this.sourceEnded) return
+    let drained = 0
+    this.source.removeAllListeners('data')
+    this.source.on('data', (chunk: Buffer) => {
+      drained += chunk.length
+      if (drained > DRAIN_LIMIT_BYTES) this.source.destroy()
+    })
+    this.source.resume()
+  }
+
+  /** Releases what the relay holds; safe to call at any time and more than once. */
+  dispose(): void {
+    this.replay?.destroy()
+    void this.spool.dispose()
+  }
+}
+
+function asGatewayError(err: unknown): GatewayError {
+  if (err instanceof GatewayError) return err
+  if (err instanceof MultipartSyntaxError) return new GatewayError('invalid_multipart', `Malformed multipart body: ${err.message}.`)
+  return new GatewayError('internal_error', 'The upload could not be read.', { cause: err })
+}

@@ -1,0 +1,17 @@
+import type { ProviderAdapter } from './types.js'
+
+/** Any OpenAI-compatible upstream: OpenAI itself, relays, local servers. Pass-through. */
+export const openaiAdapter: ProviderAdapter = {
+  type: 'openai',
+  target(config, endpoint) {
+    const base = new URL(config.baseUrl)
+    const headers: Record<string, string> = { ...config.headers }
+    if (config.apiKey !== undefined) headers.authorization = `Bearer ${config.apiKey}`
+    if (config.organization !== undefined) headers['openai-organization'] = config.organization
+    if (config.project !== undefined) headers['openai-project'] = config.project
+    return { origin: base.origin, path: `${base.pathname.replace(/\/+$/, '')}/images/${endpoint}`, headers }
+  },
+  secrets(config) {
+    return config.apiKey === undefined ? [] : [config.apiKey]
+  }
+}

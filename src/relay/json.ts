@@ -1,0 +1,52 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { defaultModel, type Endpoint } from '../openai/models.js'
+import { readModel, validateFields, validateJsonEdit, type Fields } from '../openai/validate.js'
+import type { Registry } from '../providers/registry.js'
+import { chooseDeployment, dispatch, findModel } from './dispatch.js'
+import { clientLifetime } from './lifetime.js'
+
+/** A JSON body as parsed, with its bytes kept so they can be relayed unchanged. */
+export interface JsonBody {
+  raw: Buffer
+  value: Record<string, unknown>
+}
+
+function jsonFields(value: Record<string, unknown>): Fields {
+  return { source: 'json', get: (name) => (Object.hasOwn(value, name) ? value[name] : undefined) }
+}
+
+/**
+ * Generations, and the JSON form of edits: validated, then the client's own bytes go upstream.
+ * The body is re-serialised only when the upstream must see another model name (an alias, or
+ * OpenAI's default made explicit so that routing and upstream agree).
+ */
+export async function relayJson(
+  registry: Registry,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: Endpoint
+): Promise<void> {
+  const body = request.body as JsonBody
+  request.gateway.body = { bytesIn: body.raw.length }
+  const fields = jsonFields(body.value)
+  const requested = readModel(fields)
+  const model = requested ?? defaultModel(endpoint, (name) => fields.get(name) != null)
+  request.gateway.model = model
+  const routed = findModel(registry, model)
+  validateFields(endpoint, model, routed.rules, fields)
+  if (endpoint === 'edits') validateJsonEdit(model, routed.rules, fields)
+  const deployment = chooseDeployment(routed)
+  const payload =
+    requested === deployment.upstreamModel
+      ? body.raw
+      : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
+  const lifetime = clientLifetime(request, reply)
+  await dispatch(registry, request, reply, {
+    endpoint,
+    deployment,
+    body: payload,
+    contentType: 'application/json',
+    contentLength: payload.length,
+    signal: lifetime.signal
+  })
+}

@@ -1,0 +1,23 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+
+export class ClientClosedError extends Error {
+  constructor() {
+    super('the client closed the connection')
+    this.name = 'ClientClosedError'
+  }
+}
+
+/**
+ * An abort signal for the upstream call, tied to the client's connection. Fastify's
+ * `request.signal` is not used: on POST it fires as soon as the body has been read (Node emits
+ * 'close' on the request then), which would cancel every upstream call (fastify#6725).
+ */
+export function clientLifetime(request: FastifyRequest, reply: FastifyReply): AbortController {
+  const controller = new AbortController()
+  reply.raw.once('close', () => {
+    if (reply.raw.writableFinished || controller.signal.aborted) return
+    request.gateway.clientClosed = true
+    controller.abort(new ClientClosedError())
+  })
+  return controller
+}

@@ -1,0 +1,70 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../config/schema.js'
+import { GatewayError } from '../errors/catalogue.js'
+import { MultipartRelay } from '../multipart/relay.js'
+import { isValidBoundary } from '../multipart/scanner.js'
+import { defaultModel, type Endpoint } from '../openai/models.js'
+import { readModel } from '../openai/validate.js'
+import type { Registry } from '../providers/registry.js'
+import { chooseDeployment, dispatch, findModel } from './dispatch.js'
+import { clientLifetime } from './lifetime.js'
+
+export function boundaryOf(contentType: string): string {
+  const match = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType)
+  const boundary = match?.[1] ?? match?.[2]
+  if (boundary === undefined || !isValidBoundary(boundary)) {
+    throw new GatewayError('invalid_multipart', 'The multipart Content-Type has no valid boundary parameter.')
+  }
+  return boundary
+}
+
+function declaredLength(request: FastifyRequest): number | null {
+  const value = request.headers['content-length']
+  if (value === undefined) return null
+  const length = Number(value)
+  return Number.isSafeInteger(length) && length >= 0 ? length : null
+}
+
+/**
+ * Edits and variations as multipart: the client's bytes go upstream as they arrive (see
+ * MultipartRelay); only the `model` value changes when the upstream knows the model by another name.
+ */
+export async function relayMultipart(
+  registry: Registry,
+  limits: Config['limits'],
+  request: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: Endpoint
+): Promise<void> {
+  const contentType = request.headers['content-type'] ?? ''
+  const boundary = boundaryOf(contentType)
+  const length = declaredLength(request)
+  if (length !== null && length > limits.multipartBodyBytes) {
+    throw new GatewayError('request_too_large', `The request body is over ${limits.multipartBodyBytes} bytes.`)
+  }
+  const relay = new MultipartRelay(request.raw, {
+    endpoint,
+    boundary,
+    maxBodyBytes: limits.multipartBodyBytes,
+    holdMemoryBytes: limits.holdMemoryBytes
+  })
+  request.gateway.body = relay
+  reply.raw.once('close', () => relay.dispose())
+  const lifetime = clientLifetime(request, reply)
+  relay.onFailure((err) => lifetime.abort(err))
+  await relay.routable
+  const requested = readModel(relay.inspector)
+  const model = requested ?? defaultModel(endpoint, (name) => relay.inspector.texts.has(name))
+  request.gateway.model = model
+  const routed = findModel(registry, model)
+  relay.route(model, routed.rules)
+  const deployment = chooseDeployment(routed)
+  await dispatch(registry, request, reply, {
+    endpoint,
+    deployment,
+    body: relay.body(deployment.upstreamModel, model),
+    contentType,
+    contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
+    signal: lifetime.signal
+  })
+}

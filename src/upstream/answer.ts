@@ -1,0 +1,138 @@
+import { PassThrough, type Readable } from 'node:stream'
+import type { FastifyReply } from 'fastify'
+import type { Dispatcher } from 'undici'
+import { MAX_UPSTREAM_ERROR_BODY_BYTES } from '../config/defaults.js'
+import { GatewayError, type OpenAIErrorBody } from '../errors/catalogue.js'
+import { clientResponseHeaders } from './headers.js'
+
+export interface AnswerContext {
+  providerId: string
+  /** Credentials that must never reach the client, even when an upstream echoes them. */
+  secrets: readonly string[]
+}
+
+
+export function redact(text: string, secrets: readonly string[]): string {
+  let out = text
+  for (const secret of secrets) if (secret.length > 0) out = out.split(secret).join('***')
+  return out
+}
+
+function isEventStream(contentType: string | string[] | undefined): boolean {
+  return typeof contentType === 'string' && contentType.toLowerCase().startsWith('text/event-stream')
+}
+
+/**
+ * An image stream that breaks after its headers were sent can no longer change status. The SDKs
+ * raise an APIError for any SSE message whose data has an `error` key (spec §6.2), so one is sent
+ * and the stream ends, instead of a cut connection the client would retry blindly.
+ */
+function guardEventStream(source: Readable): Readable {
+  const out = new PassThrough()
+  source.on('error', () => {
+    const event = {
+      type: 'error',
+      error: { message: 'The upstream image stream broke off.', type: 'server_error', param: null, code: 'upstream_bad_response' }
+    }
+    out.end(`event: error\ndata: ${JSON.stringify(event)}\n\n`)
+  })
+  out.on('close', () => {
+    if (!source.readableEnded) source.destroy()
+  })
+  source.pipe(out)
+  return out
+}
+
+async function readCapped(body: Readable, maxBytes: number): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    const room = maxBytes - size
+    chunks.push(chunk.length > room ? chunk.subarray(0, room) : chunk)
+    size += Math.min(chunk.length, room)
+    if (size >= maxBytes) {
+      body.destroy()
+      break
+    }
+  }
+  return Buffer.concat(chunks)
+}
+
+function asString(value: unknown): string | null {
+  if (typeof value === 'string') return value
+  if (typeof value === 'number') return String(value)
+  return null
+}
+
+/**
+ * An upstream error in OpenAI's envelope, with the four keys always present (Azure and relays often
+ * send only `code` and `message`); extra keys such as `moderation_details` stay. Null when the body
+ * is not an error envelope at all.
+ */
+export function normaliseErrorBody(raw: Buffer, status: number): OpenAIErrorBody | null {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(raw.toString('utf8'))
+  } catch {
+    return null
+  }
+  if (parsed === null || typeof parsed !== 'object') return null
+  const error = (parsed as { error?: unknown }).error
+  if (error === null || typeof error !== 'object' || Array.isArray(error)) return null
+  const fields = error as Record<string, unknown>
+  const message = asString(fields.message)
+  if (message === null) return null
+  return {
+    error: {
+      ...fields,
+      message,
+      type: asString(fields.type) ?? (status >= 500 ? 'server_error' : 'invalid_request_error'),
+      param: asString(fields.param),
+      code: asString(fields.code)
+    }
+  }
+}
+
+async function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData, context: AnswerContext): Promise<void> {
+  const raw = await readCapped(upstream.body, MAX_UPSTREAM_ERROR_BODY_BYTES)
+  if (upstream.statusCode === 401) {
+    // A 401 from the upstream is about the gateway's provider key, not the client's gateway key;
+    // passing it on would tell the client its own key is wrong, and would echo parts of ours.
+    throw new GatewayError('upstream_credentials_rejected', `The upstream provider "${context.providerId}" refused the gateway's credentials.`)
+  }
+  const body = normaliseErrorBody(raw, upstream.statusCode)
+  if (body === null) {
+    throw new GatewayError(
+      'upstream_error',
+      `The upstream provider "${context.providerId}" answered HTTP ${upstream.statusCode} without an error body.`,
+      { status: upstream.statusCode >= 400 ? upstream.statusCode : 502 }
+    )
+  }
+  const payload = redact(JSON.stringify(body), context.secrets)
+  const headers = clientResponseHeaders(upstream.headers, false)
+  delete headers['content-encoding']
+  reply.code(upstream.statusCode).headers(headers).header('content-type', 'application/json').send(payload)
+}
+
+/**
+ * Sends the upstream's answer to the client as it arrives: successful bodies (JSON, multi-MB
+ * b64_json, event streams) are piped unchanged with no buffering; error bodies are read, capped,
+ * put in OpenAI's envelope and cleaned of credentials.
+ */
+export async function relayAnswer(
+  reply: FastifyReply,
+  upstream: Dispatcher.ResponseData,
+  context: AnswerContext
+): Promise<void> {
+  if (upstream.statusCode < 200 || upstream.statusCode >= 300) {
+    await relayError(reply, upstream, context)
+    return
+  }
+  const streaming = isEventStream(upstream.headers['content-type'])
+  const headers = clientResponseHeaders(upstream.headers, !streaming)
+  if (streaming) headers['x-accel-buffering'] = 'no'
+  reply
+    .code(upstream.statusCode)
+    .headers(headers)
+    .send(streaming ? guardEventStream(upstream.body) : upstream.body)
+}
