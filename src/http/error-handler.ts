@@ -51,7 +51,7 @@ async function errorHandler(app: FastifyInstance): Promise<void> {
       .code(error.status)
       .headers(error.headers)
       .header('content-type', 'application/json')
-      .send(JSON.stringify(error.toBody()))
+      .send(Buffer.from(JSON.stringify(error.toBody())))
   })
 
   app.setNotFoundHandler((request, reply) => {
@@ -59,7 +59,7 @@ async function errorHandler(app: FastifyInstance): Promise<void> {
     const error = new GatewayError('unknown_url', `Invalid URL (${request.method} ${path})`)
     request.gateway.errorCode = error.code
     closeIfUnread(request, reply)
-    reply.code(error.status).header('content-type', 'application/json').send(JSON.stringify(error.toBody()))
+    reply.code(error.status).header('content-type', 'application/json').send(Buffer.from(JSON.stringify(error.toBody())))
   })
 }
 

@@ -108,7 +108,7 @@ async function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData
       { status: upstream.statusCode >= 400 ? upstream.statusCode : 502 }
     )
   }
-  const payload = redact(JSON.stringify(body), context.secrets)
+  const payload = Buffer.from(redact(JSON.stringify(body), context.secrets))
   const headers = clientResponseHeaders(upstream.headers, false)
   delete headers['content-encoding']
   reply.code(upstream.statusCode).headers(headers).header('content-type', 'application/json').send(payload)
