@@ -3,7 +3,7 @@ import OpenAI from 'openai'
 import t, { type Test } from 'tap'
 import { eventually, PROVIDER_KEY, startGateway, type Gateway } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
-import { events, hang, json, resetBeforeAnswer, startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js'
+import { hang, json, resetBeforeAnswer, startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js'
 
 const CLIENT_KEY = 'gw-client-key-not-for-upstream'
 
