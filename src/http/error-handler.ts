@@ -1,6 +1,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { GatewayError } from '../errors/catalogue.js'
+import { ClientClosedError } from '../relay/lifetime.js'
 
 /** Fastify's own errors, in the catalogue's terms. */
 function fromFastify(err: FastifyError): GatewayError | null {
@@ -39,6 +40,8 @@ function closeIfUnread(request: FastifyRequest, reply: FastifyReply): void {
  */
 async function errorHandler(app: FastifyInstance): Promise<void> {
   app.setErrorHandler((err: FastifyError, request, reply) => {
+    // A client that left gets no answer, and its leaving is no failure of ours (logged as 499).
+    if (err instanceof ClientClosedError || request.raw.socket?.destroyed) return
     const known = err instanceof GatewayError ? err : fromFastify(err)
     const error = known ?? new GatewayError('internal_error', 'The gateway failed to handle the request.', { cause: err })
     request.gateway.errorCode = error.code

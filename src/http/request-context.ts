@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { performance } from 'node:perf_hooks'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 
 /** What one request did, for its log line; filled in as the request goes. */
@@ -13,7 +14,10 @@ export interface RequestContext {
   /** The socket's bytesWritten when the request began (keep-alive sockets carry several requests). */
   socketBytesWrittenAtStart: number
   errorCode: string | null
+  /** The client left before the answer was complete (logged as status 499). */
   clientClosed: boolean
+  startedAt: number
+  logged: boolean
 }
 
 declare module 'fastify' {
@@ -29,6 +33,31 @@ export function requestId(request: { headers: Record<string, string | string[] |
   const incoming = request.headers['x-request-id']
   if (typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming)) return incoming
   return `req_${randomUUID().replaceAll('-', '')}`
+}
+
+/** The request's one log line; written once, when the answer finished or the client left. */
+function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+  const context = request.gateway
+  if (context.logged) return
+  context.logged = true
+  // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
+  const bytesOut = (request.raw.socket?.bytesWritten ?? 0) - context.socketBytesWrittenAtStart
+  request.log.info(
+    {
+      method: request.method,
+      route: request.routeOptions.url ?? null,
+      status: context.clientClosed ? 499 : reply.statusCode,
+      model: context.model,
+      deployment: context.deployment,
+      upstreamStatus: context.upstreamStatus,
+      upstreamRequestId: context.upstreamRequestId,
+      errorCode: context.errorCode,
+      bytesIn: context.body?.bytesIn ?? 0,
+      bytesOut: Math.max(0, bytesOut),
+      durationMs: Math.round((performance.now() - context.startedAt) * 10) / 10
+    },
+    'request'
+  )
 }
 
 /**
@@ -47,33 +76,21 @@ async function requestContext(app: FastifyInstance): Promise<void> {
       body: null,
       socketBytesWrittenAtStart: request.raw.socket?.bytesWritten ?? 0,
       errorCode: null,
-      clientClosed: false
+      clientClosed: false,
+      startedAt: performance.now(),
+      logged: false
     }
     reply.header('x-request-id', request.id)
     reply.header('x-gateway-request-id', request.id)
+    // fastify runs onResponse on 'finish' only; a client that leaves first is seen here.
+    reply.raw.once('close', () => {
+      if (reply.raw.writableFinished) return
+      request.gateway.clientClosed = true
+      logRequest(request, reply)
+    })
   })
 
-  app.addHook('onResponse', async (request: FastifyRequest, reply) => {
-    const context = request.gateway
-    // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
-    const bytesOut = (request.raw.socket?.bytesWritten ?? 0) - context.socketBytesWrittenAtStart
-    request.log.info(
-      {
-        method: request.method,
-        route: request.routeOptions.url ?? null,
-        status: context.clientClosed ? 499 : reply.statusCode,
-        model: context.model,
-        deployment: context.deployment,
-        upstreamStatus: context.upstreamStatus,
-        upstreamRequestId: context.upstreamRequestId,
-        errorCode: context.errorCode,
-        bytesIn: context.body?.bytesIn ?? 0,
-        bytesOut: Math.max(0, bytesOut),
-        durationMs: Math.round(reply.elapsedTime * 10) / 10
-      },
-      'request'
-    )
-  })
+  app.addHook('onResponse', async (request, reply) => logRequest(request, reply))
 }
 
 export default fp(requestContext, { name: 'request-context' })

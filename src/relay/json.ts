@@ -40,7 +40,7 @@ export async function relayJson(
     requested === deployment.upstreamModel
       ? body.raw
       : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
-  const lifetime = clientLifetime(request, reply)
+  const lifetime = clientLifetime(reply)
   await dispatch(registry, request, reply, {
     endpoint,
     deployment,

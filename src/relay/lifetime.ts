@@ -1,4 +1,4 @@
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReply } from 'fastify'
 
 export class ClientClosedError extends Error {
   constructor() {
@@ -12,11 +12,10 @@ export class ClientClosedError extends Error {
  * `request.signal` is not used: on POST it fires as soon as the body has been read (Node emits
  * 'close' on the request then), which would cancel every upstream call (fastify#6725).
  */
-export function clientLifetime(request: FastifyRequest, reply: FastifyReply): AbortController {
+export function clientLifetime(reply: FastifyReply): AbortController {
   const controller = new AbortController()
   reply.raw.once('close', () => {
     if (reply.raw.writableFinished || controller.signal.aborted) return
-    request.gateway.clientClosed = true
     controller.abort(new ClientClosedError())
   })
   return controller

@@ -50,7 +50,7 @@ export async function relayMultipart(
   })
   request.gateway.body = relay
   reply.raw.once('close', () => relay.dispose())
-  const lifetime = clientLifetime(request, reply)
+  const lifetime = clientLifetime(reply)
   relay.onFailure((err) => lifetime.abort(err))
   await relay.routable
   const requested = readModel(relay.inspector)
