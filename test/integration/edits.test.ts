@@ -110,6 +110,24 @@ t.test('SDK edit with several images as image[] and a mask; variations', async (
   t.ok(vform.files[0]?.data.equals(square))
 })
 
+t.test('SDK streamed upload (fs.createReadStream): chunked, no Content-Length, arrives whole', async (t) => {
+  const { createReadStream } = await import('node:fs')
+  const { writeFile } = await import('node:fs/promises')
+  const { join } = await import('node:path')
+  const { upstream, client } = await setup(t)
+  const dir = t.testdir({})
+  const path = join(dir, 'otter.png')
+  const image = makePng({ width: 64, height: 64, seed: 12, padToBytes: 5 * 1024 * 1024 })
+  await writeFile(path, image)
+  await client.images.edit({ model: 'gpt-image-1', image: createReadStream(path), prompt: 'streamed' })
+  const seen = upstream.received[0] as Received
+  t.equal(seen.headers['content-length'], undefined)
+  t.equal(seen.headers['transfer-encoding'], 'chunked')
+  const form = await parseForm(seen)
+  t.ok(form.files[0]?.data.equals(image), 'the 5 MB file arrived byte for byte')
+  t.equal(form.files[0]?.filename, 'otter.png')
+})
+
 t.test('the upstream receives the client\'s exact bytes (SHA-256), with Content-Length or chunked', async (t) => {
   const { upstream, gateway } = await setup(t)
   const form = buildMultipart([
