@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { parseDocument } from 'yaml'
 import type { z } from 'zod'
-import { configSchema, type Config } from './schema.js'
+import { configSchema, crossCheck, type Config } from './schema.js'
 
 export type Env = Readonly<Record<string, string | undefined>>
 
@@ -84,6 +84,7 @@ export function parseConfig(text: string, env: Env, source: string): Config {
   const withOverrides = applyEnvOverrides(interpolated, env, problems)
   const result = configSchema.safeParse(withOverrides)
   if (!result.success) problems.push(...result.error.issues.map(describeIssue))
+  problems.push(...crossCheck(withOverrides).map((p) => `${formatPath(p.path)}: ${p.message}`))
   if (problems.length > 0 || !result.success) throw new ConfigError(source, problems)
   return deepFreeze(result.data)
 }

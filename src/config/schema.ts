@@ -34,11 +34,12 @@ const providerSchema = z
   .object({
     id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'),
     type: z.string(),
+    // An unparsable URL is reported once, by .url(); the refinements judge only parsable ones.
     baseUrl: z
       .string()
       .url()
-      .refine((u) => /^https?:$/.test(new URL(u).protocol), 'must be an http or https URL')
-      .refine((u) => new URL(u).search === '' && new URL(u).hash === '', 'must have no query or fragment'),
+      .refine((u) => !URL.canParse(u) || /^https?:$/.test(new URL(u).protocol), 'must be an http or https URL')
+      .refine((u) => !URL.canParse(u) || (new URL(u).search === '' && new URL(u).hash === ''), 'must have no query or fragment'),
     // An empty value (an unset `${VAR:-}`) means no key: some local upstreams take none.
     apiKey: z
       .string()
@@ -103,45 +104,59 @@ export const configSchema = z
     models: z.array(modelSchema).min(1)
   })
   .strict()
-  .superRefine((config, ctx) => {
-    const providerIds = new Set<string>()
-    config.providers.forEach((provider, i) => {
-      if (providerIds.has(provider.id)) {
-        ctx.addIssue({ code: 'custom', path: ['providers', i, 'id'], message: `duplicate provider id "${provider.id}"` })
-      }
-      providerIds.add(provider.id)
-      if (!(PROVIDER_TYPES as readonly string[]).includes(provider.type)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['providers', i, 'type'],
-          message: `unknown provider type "${provider.type}" (known: ${PROVIDER_TYPES.join(', ')})`
-        })
-      }
-    })
-    const modelNames = new Set<string>()
-    config.models.forEach((model, i) => {
-      if (modelNames.has(model.name)) {
-        ctx.addIssue({ code: 'custom', path: ['models', i, 'name'], message: `duplicate model name "${model.name}"` })
-      }
-      modelNames.add(model.name)
-      if (model.rulesOf !== undefined && !KNOWN_MODEL_NAMES.includes(model.rulesOf)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['models', i, 'rulesOf'],
-          message: `unknown model "${model.rulesOf}" (known: ${KNOWN_MODEL_NAMES.join(', ')})`
-        })
-      }
-      model.deployments.forEach((deployment, j) => {
-        if (!providerIds.has(deployment.provider)) {
-          ctx.addIssue({
-            code: 'custom',
-            path: ['models', i, 'deployments', j, 'provider'],
-            message: `unknown provider "${deployment.provider}"`
-          })
-        }
+
+type Problem = { path: (string | number)[]; message: string }
+
+function records(value: unknown): Record<string, unknown>[] {
+  return Array.isArray(value) ? value.map((item) => (item !== null && typeof item === 'object' ? item : {})) : []
+}
+
+/**
+ * Checks across entries (unique ids, references to providers and known models). They read the
+ * document tolerantly and run whatever the schema found, so a type error elsewhere does not hide
+ * them: an operator sees every problem of a file at once.
+ */
+export function crossCheck(document: unknown): Problem[] {
+  const problems: Problem[] = []
+  const root = document !== null && typeof document === 'object' ? (document as Record<string, unknown>) : {}
+  const providerIds = new Set<string>()
+  records(root.providers).forEach((provider, i) => {
+    const id = provider.id
+    if (typeof id === 'string') {
+      if (providerIds.has(id)) problems.push({ path: ['providers', i, 'id'], message: `duplicate provider id "${id}"` })
+      providerIds.add(id)
+    }
+    const type = provider.type
+    if (typeof type === 'string' && !(PROVIDER_TYPES as readonly string[]).includes(type)) {
+      problems.push({
+        path: ['providers', i, 'type'],
+        message: `unknown provider type "${type}" (known: ${PROVIDER_TYPES.join(', ')})`
       })
+    }
+  })
+  const modelNames = new Set<string>()
+  records(root.models).forEach((model, i) => {
+    const name = model.name
+    if (typeof name === 'string') {
+      if (modelNames.has(name)) problems.push({ path: ['models', i, 'name'], message: `duplicate model name "${name}"` })
+      modelNames.add(name)
+    }
+    const rulesOf = model.rulesOf
+    if (typeof rulesOf === 'string' && !KNOWN_MODEL_NAMES.includes(rulesOf)) {
+      problems.push({
+        path: ['models', i, 'rulesOf'],
+        message: `unknown model "${rulesOf}" (known: ${KNOWN_MODEL_NAMES.join(', ')})`
+      })
+    }
+    records(model.deployments).forEach((deployment, j) => {
+      const provider = deployment.provider
+      if (typeof provider === 'string' && !providerIds.has(provider)) {
+        problems.push({ path: ['models', i, 'deployments', j, 'provider'], message: `unknown provider "${provider}"` })
+      }
     })
   })
+  return problems
+}
 
 export type Config = z.infer<typeof configSchema>
 export type ProviderConfig = Config['providers'][number]
