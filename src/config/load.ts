@@ -65,8 +65,8 @@ function applyEnvOverrides(raw: unknown, env: Env, problems: string[]): unknown 
   const server = { ...((doc.server ?? {}) as Record<string, unknown>) }
   if (env.HOST) server.host = env.HOST
   if (env.PORT) {
-    const port = Number(env.PORT)
-    if (!Number.isInteger(port) || port < 0 || port > 65535) problems.push(`PORT: "${env.PORT}" is not a port number`)
+    const port = /^[0-9]{1,5}$/.test(env.PORT) ? Number(env.PORT) : -1
+    if (port < 0 || port > 65535) problems.push(`PORT: "${env.PORT}" is not a port number`)
     else server.port = port
   }
   if (env.LOG_LEVEL) server.logLevel = env.LOG_LEVEL

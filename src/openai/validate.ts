@@ -98,9 +98,15 @@ function checkEnum(fields: Fields, name: string, supported: readonly string[]): 
 /** Characters as people count them: a code point, not a UTF-16 unit. */
 export function countChars(text: string): number {
   let count = text.length
-  for (let i = 0; i < text.length; i++) {
+  for (let i = 0; i < text.length - 1; i++) {
     const unit = text.charCodeAt(i)
-    if (unit >= 0xd800 && unit <= 0xdbff) count--
+    if (unit < 0xd800 || unit > 0xdbff) continue
+    // Only a well-formed pair is one character; a lone surrogate (JSON allows "\ud800") counts as one.
+    const next = text.charCodeAt(i + 1)
+    if (next >= 0xdc00 && next <= 0xdfff) {
+      count--
+      i++
+    }
   }
   return count
 }
