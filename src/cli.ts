@@ -1,10 +1,33 @@
 #!/usr/bin/env node
-import { loadConfig, ConfigError } from './config/load.js'
+import { runKeysCommand } from './cli/keys-command.js'
+import { ConfigError, loadConfig } from './config/load.js'
+import { createBackend } from './keys/backend.js'
+import { whenReady } from './redis/client.js'
 import { EXAMPLE_CONFIG_PATH, startServer } from './server.js'
 
-const USAGE = `usage: image-gateway [serve | check-config]
+const USAGE = `usage: image-gateway [serve | check-config | keys ...]
   serve          start the gateway (the default); config from GATEWAY_CONFIG
-  check-config   validate the config file and exit`
+  check-config   validate the config file and exit
+  keys           create, list, show, update, revoke keys and show their usage (needs Redis);
+                 'image-gateway keys --help' for details`
+
+async function keys(args: string[]): Promise<number> {
+  const config = loadConfig(process.env.GATEWAY_CONFIG ?? EXAMPLE_CONFIG_PATH, process.env)
+  if (config.redis === undefined) {
+    console.error(
+      'keys: the gateway has no Redis configured (REDIS_URL or redis.url), and keys made here would vanish with this process.\n' +
+        'Configure Redis, or use the admin API (/admin/keys) of the running gateway.'
+    )
+    return 2
+  }
+  const backend = createBackend(config)
+  try {
+    if (backend.shared !== null) await whenReady(backend.shared.redis, 3_000).catch(() => undefined)
+    return await runKeysCommand(args, backend.store, { log: (line) => console.log(line), error: (line) => console.error(line) })
+  } finally {
+    await backend.store.close()
+  }
+}
 
 async function main(args: string[]): Promise<number> {
   const command = args[0] ?? 'serve'
@@ -18,6 +41,7 @@ async function main(args: string[]): Promise<number> {
     console.log(`${path}: valid`)
     return 0
   }
+  if (command === 'keys') return keys(args.slice(1))
   console.error(USAGE)
   return command === '--help' || command === '-h' ? 0 : 2
 }

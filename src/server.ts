@@ -2,6 +2,8 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildApp } from './app.js'
 import { loadConfig, type Env } from './config/load.js'
+import { looksLikeKey, newKey } from './keys/key-material.js'
+import { MemoryKeyStore } from './keys/memory-store.js'
 import { createLogger } from './logging.js'
 
 /** Used when GATEWAY_CONFIG is not set: relays to OpenAI with OPENAI_API_KEY. */
@@ -13,6 +15,9 @@ export async function startServer(env: Env): Promise<void> {
   const config = loadConfig(configPath, env)
   const logger = createLogger(config.server.logLevel)
   const app = await buildApp(config, { logger })
+  const { backend } = app.keys
+  logger.info({ store: backend.describe }, 'key store')
+  if (backend.store instanceof MemoryKeyStore) await addDevelopmentKey(backend.store, env)
   for (const provider of config.providers) {
     if (provider.apiKey === undefined) logger.warn({ provider: provider.id }, 'provider has no apiKey: upstream calls go unauthenticated')
   }
@@ -36,4 +41,20 @@ export async function startServer(env: Env): Promise<void> {
     { config: configPath, models: config.models.map((m) => m.name), providers: config.providers.map((p) => p.id) },
     'image-gateway ready'
   )
+}
+
+/**
+ * With the in-process store nothing outside this process can make a key, so one is made here:
+ * GATEWAY_DEV_KEY if set, else a new one, printed once on stdout (not in the JSON log).
+ */
+async function addDevelopmentKey(store: MemoryKeyStore, env: Env): Promise<void> {
+  const chosen = env.GATEWAY_DEV_KEY
+  if (chosen !== undefined && chosen !== '') {
+    if (!looksLikeKey(chosen)) throw new Error('GATEWAY_DEV_KEY must be 16-200 characters of A-Z a-z 0-9 _ . -')
+    await store.importKey(chosen, { name: 'development' })
+    return
+  }
+  const { key } = newKey()
+  await store.importKey(key, { name: 'development' })
+  process.stdout.write(`\nDevelopment key (in-process key store, valid until this process exits):\n\n  ${key}\n\n`)
 }

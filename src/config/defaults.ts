@@ -24,3 +24,12 @@ export const DEFAULT_MULTIPART_BODY_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
 export const DEFAULT_HOLD_MEMORY_BYTES = 1024 * 1024
 /** Upstream error bodies are read whole (to reshape them); larger ones are cut. */
 export const MAX_UPSTREAM_ERROR_BODY_BYTES = 64 * 1024
+
+/** A found key is trusted this long without asking the store again (revocations clear it at once). */
+export const DEFAULT_KEY_CACHE_TTL_MS = 5_000
+/** "No such key" is remembered this long, so random keys cannot flood the store. */
+export const DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS = 2_000
+/** While Redis is unreachable, a cached key keeps working this long past its ttl. */
+export const DEFAULT_KEY_STALE_MS = 60_000
+/** A concurrency slot or budget reservation that is never released (a crashed instance) lapses after this. */
+export const DEFAULT_LEASE_MS = 15 * 60_000

@@ -70,7 +70,10 @@ function applyEnvOverrides(raw: unknown, env: Env, problems: string[]): unknown 
     else server.port = port
   }
   if (env.LOG_LEVEL) server.logLevel = env.LOG_LEVEL
-  return { ...doc, server }
+  const out: Record<string, unknown> = { ...doc, server }
+  if (env.REDIS_URL) out.redis = { ...((doc.redis ?? {}) as Record<string, unknown>), url: env.REDIS_URL }
+  if (env.ADMIN_TOKEN) out.admin = { ...((doc.admin ?? {}) as Record<string, unknown>), token: env.ADMIN_TOKEN }
+  return out
 }
 
 /** Parses, interpolates, validates and freezes a YAML config; throws ConfigError listing every problem. */

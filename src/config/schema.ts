@@ -7,10 +7,15 @@ import {
   DEFAULT_HOST,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
+  DEFAULT_KEY_CACHE_TTL_MS,
+  DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
+  DEFAULT_KEY_STALE_MS,
+  DEFAULT_LEASE_MS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT
 } from './defaults.js'
+import { priceTableSchema } from '../billing/prices.js'
 import { KNOWN_MODEL_NAMES } from '../openai/models.js'
 
 export const PROVIDER_TYPES = ['openai'] as const
@@ -91,6 +96,34 @@ const serverSchema = z
   })
   .strict()
 
+const redisSchema = z
+  .object({
+    url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+    /** Prefix of every Redis key the gateway writes, so several gateways can share one Redis. */
+    keyPrefix: z.string().min(1).default('igw:')
+  })
+  .strict()
+
+const keysSchema = z
+  .object({
+    cacheTtlMs: positiveInt.default(DEFAULT_KEY_CACHE_TTL_MS),
+    negativeCacheTtlMs: positiveInt.default(DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS),
+    staleMs: z.number().int().min(0).default(DEFAULT_KEY_STALE_MS),
+    leaseMs: positiveInt.default(DEFAULT_LEASE_MS)
+  })
+  .strict()
+
+const adminSchema = z
+  .object({
+    /** Bearer token for /admin/*; none means the admin API is off. */
+    token: z
+      .string()
+      .optional()
+      .transform((token) => (token === '' ? undefined : token))
+      .refine((token) => token === undefined || token.length >= 16, 'must be at least 16 characters')
+  })
+  .strict()
+
 export const configSchema = z
   .object({
     server: serverSchema.default({ host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info' }),
@@ -100,6 +133,16 @@ export const configSchema = z
       multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
       holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES
     }),
+    redis: redisSchema.optional(),
+    keys: keysSchema.default({
+      cacheTtlMs: DEFAULT_KEY_CACHE_TTL_MS,
+      negativeCacheTtlMs: DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
+      staleMs: DEFAULT_KEY_STALE_MS,
+      leaseMs: DEFAULT_LEASE_MS
+    }),
+    admin: adminSchema.default({ token: undefined }),
+    /** Prices per model (USD), over the shipped defaults (docs/prices.md). */
+    prices: priceTableSchema.optional(),
     providers: z.array(providerSchema).min(1),
     models: z.array(modelSchema).min(1)
   })

@@ -4,7 +4,7 @@
  * retry (408, 409, 429 and 5xx), so anything a retry cannot fix is a 4xx.
  * docs/errors.md lists the same table; test/unit/errors.test.ts keeps the two in step.
  */
-export type OpenAIErrorType = 'invalid_request_error' | 'server_error'
+export type OpenAIErrorType = 'invalid_request_error' | 'server_error' | 'requests' | 'insufficient_quota'
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null }
@@ -57,8 +57,31 @@ export const CATALOGUE = {
   image_too_large: { status: 400, type: 'invalid_request_error', when: 'a file is over the model\'s per-file size' },
   too_many_images: { status: 400, type: 'invalid_request_error', when: 'more files than the model takes' },
   request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap' },
+  invalid_api_key: {
+    status: 401,
+    type: 'invalid_request_error',
+    when: 'no gateway key, or one that is malformed, unknown, revoked, disabled or expired'
+  },
+  model_not_allowed: { status: 403, type: 'invalid_request_error', when: 'the key may not use this model' },
+  invalid_admin_token: { status: 401, type: 'invalid_request_error', when: 'the admin API was called without the admin token' },
+  key_not_found: { status: 404, type: 'invalid_request_error', when: 'the admin API was asked for a key id that does not exist' },
+  rate_limit_exceeded: {
+    status: 429,
+    type: 'requests',
+    when: 'the key is over its requests per minute, images per minute or concurrent requests (see retry-after)'
+  },
+  insufficient_quota: {
+    status: 429,
+    type: 'insufficient_quota',
+    when: 'the key\'s budget cannot cover this request (x-should-retry: false)'
+  },
   model_not_found: { status: 404, type: 'invalid_request_error', when: 'the model is not configured on this gateway' },
   unknown_url: { status: 404, type: 'invalid_request_error', when: 'no such route' },
+  service_unavailable: {
+    status: 503,
+    type: 'server_error',
+    when: 'the key store (Redis) cannot be reached and the key is not in the cache'
+  },
   upstream_unreachable: {
     status: 502,
     type: 'server_error',
@@ -104,7 +127,9 @@ export class GatewayError extends Error {
     this.name = 'GatewayError'
     this.code = code
     this.status = options.status ?? CATALOGUE[code].status
-    this.type = this.status < 500 ? 'invalid_request_error' : CATALOGUE[code].type
+    // A relayed upstream status picks the type by its class; otherwise the catalogue's.
+    this.type =
+      options.status === undefined ? CATALOGUE[code].type : options.status < 500 ? 'invalid_request_error' : 'server_error'
     this.param = options.param ?? null
     this.headers = options.headers ?? {}
   }

@@ -1,8 +1,8 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel, validateFields, validateJsonEdit, type Fields } from '../openai/validate.js'
-import type { Registry } from '../providers/registry.js'
-import { chooseDeployment, dispatch, findModel } from './dispatch.js'
+import { assertModelAllowed } from '../http/auth.js'
+import { admit, chooseDeployment, dispatch, findModel, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
 /** A JSON body as parsed, with its bytes kept so they can be relayed unchanged. */
@@ -21,7 +21,7 @@ function jsonFields(value: Record<string, unknown>): Fields {
  * OpenAI's default made explicit so that routing and upstream agree).
  */
 export async function relayJson(
-  registry: Registry,
+  context: RelayContext,
   request: FastifyRequest,
   reply: FastifyReply,
   endpoint: Endpoint
@@ -32,21 +32,24 @@ export async function relayJson(
   const requested = readModel(fields)
   const model = requested ?? defaultModel(endpoint, (name) => fields.get(name) != null)
   request.gateway.model = model
-  const routed = findModel(registry, model)
+  const routed = findModel(context.registry, model)
+  assertModelAllowed(request, model)
   validateFields(endpoint, model, routed.rules, fields)
   if (endpoint === 'edits') validateJsonEdit(model, routed.rules, fields)
   const deployment = chooseDeployment(routed)
+  const charge = await admit(context, request, model, deployment, endpoint, fields)
   const payload =
     requested === deployment.upstreamModel
       ? body.raw
       : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
   const lifetime = clientLifetime(reply)
-  await dispatch(registry, request, reply, {
+  await dispatch(context.registry, request, reply, {
     endpoint,
     deployment,
     body: payload,
     contentType: 'application/json',
     contentLength: payload.length,
-    signal: lifetime.signal
+    signal: lifetime.signal,
+    charge
   })
 }

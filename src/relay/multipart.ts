@@ -1,12 +1,11 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { Config } from '../config/schema.js'
 import { GatewayError } from '../errors/catalogue.js'
 import { MultipartRelay } from '../multipart/relay.js'
 import { isValidBoundary } from '../multipart/scanner.js'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel } from '../openai/validate.js'
-import type { Registry } from '../providers/registry.js'
-import { chooseDeployment, dispatch, findModel } from './dispatch.js'
+import { assertModelAllowed } from '../http/auth.js'
+import { admit, chooseDeployment, dispatch, findModel, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
 export function boundaryOf(contentType: string): string {
@@ -30,12 +29,12 @@ function declaredLength(request: FastifyRequest): number | null {
  * MultipartRelay); only the `model` value changes when the upstream knows the model by another name.
  */
 export async function relayMultipart(
-  registry: Registry,
-  limits: Config['limits'],
+  context: RelayContext,
   request: FastifyRequest,
   reply: FastifyReply,
   endpoint: Endpoint
 ): Promise<void> {
+  const { limits } = context
   const contentType = request.headers['content-type'] ?? ''
   const boundary = boundaryOf(contentType)
   const length = declaredLength(request)
@@ -56,15 +55,19 @@ export async function relayMultipart(
   const requested = readModel(relay.inspector)
   const model = requested ?? defaultModel(endpoint, (name) => relay.inspector.texts.has(name))
   request.gateway.model = model
-  const routed = findModel(registry, model)
+  const routed = findModel(context.registry, model)
+  assertModelAllowed(request, model)
   relay.route(model, routed.rules)
   const deployment = chooseDeployment(routed)
-  await dispatch(registry, request, reply, {
+  // Fields read so far: an `n` sent after the files counts as 1 here (documented in docs/keys.md).
+  const charge = await admit(context, request, model, deployment, endpoint, relay.inspector)
+  await dispatch(context.registry, request, reply, {
     endpoint,
     deployment,
     body: relay.body(deployment.upstreamModel, model),
     contentType,
     contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
-    signal: lifetime.signal
+    signal: lifetime.signal,
+    charge
   })
 }

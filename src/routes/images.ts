@@ -1,15 +1,18 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { Config } from '../config/schema.js'
+import type { Redis } from 'ioredis'
 import { GatewayError } from '../errors/catalogue.js'
 import { invalidJson } from '../http/error-handler.js'
 import type { Endpoint } from '../openai/models.js'
-import type { Registry } from '../providers/registry.js'
+import { requestsPerMinute } from '../limits/requests-per-minute.js'
+import type { RedisHealth } from '../redis/health.js'
+import type { RelayContext } from '../relay/dispatch.js'
 import { relayJson, type JsonBody } from '../relay/json.js'
 import { relayMultipart } from '../relay/multipart.js'
 
 export interface ImageRoutesOptions {
-  registry: Registry
-  limits: Config['limits']
+  relay: RelayContext
+  /** Where requests per minute are counted across instances; null: in this process. */
+  shared: { redis: Redis; health: RedisHealth; keyPrefix: string } | null
 }
 
 function mediaType(request: FastifyRequest): string {
@@ -26,7 +29,9 @@ function unsupported(endpoint: Endpoint, takes: string): GatewayError {
  * parsed at all here: the route streams it (fastify's bodyLimit does not apply; the relay counts).
  */
 export default async function imageRoutes(app: FastifyInstance, options: ImageRoutesOptions): Promise<void> {
-  const { registry, limits } = options
+  const { relay } = options
+  const { limits } = relay
+  await requestsPerMinute(app, options.shared)
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, raw, done) => {
     let value: unknown
@@ -45,21 +50,22 @@ export default async function imageRoutes(app: FastifyInstance, options: ImageRo
   })
   app.addContentTypeParser('multipart/form-data', (_request, _payload, done) => done(null, undefined))
 
-  app.post('/v1/images/generations', { bodyLimit: limits.jsonBodyBytes }, async (request, reply) => {
+  const auth = { auth: true }
+  app.post('/v1/images/generations', { bodyLimit: limits.jsonBodyBytes, config: auth }, async (request, reply) => {
     if (mediaType(request) !== 'application/json') throw unsupported('generations', 'application/json')
-    await relayJson(registry, request, reply, 'generations')
+    await relayJson(relay, request, reply, 'generations')
     return reply
   })
 
-  app.post('/v1/images/edits', { bodyLimit: limits.jsonEditBodyBytes }, async (request, reply) => {
-    if (mediaType(request) === 'multipart/form-data') await relayMultipart(registry, limits, request, reply, 'edits')
-    else await relayJson(registry, request, reply, 'edits')
+  app.post('/v1/images/edits', { bodyLimit: limits.jsonEditBodyBytes, config: auth }, async (request, reply) => {
+    if (mediaType(request) === 'multipart/form-data') await relayMultipart(relay, request, reply, 'edits')
+    else await relayJson(relay, request, reply, 'edits')
     return reply
   })
 
-  app.post('/v1/images/variations', async (request, reply) => {
+  app.post('/v1/images/variations', { config: auth }, async (request, reply) => {
     if (mediaType(request) !== 'multipart/form-data') throw unsupported('variations', 'multipart/form-data')
-    await relayMultipart(registry, limits, request, reply, 'variations')
+    await relayMultipart(relay, request, reply, 'variations')
     return reply
   })
 }

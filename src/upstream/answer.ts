@@ -1,8 +1,10 @@
-import { PassThrough, type Readable } from 'node:stream'
+import { PassThrough, Transform, pipeline, type Readable } from 'node:stream'
 import type { FastifyReply } from 'fastify'
 import type { Dispatcher } from 'undici'
 import { MAX_UPSTREAM_ERROR_BODY_BYTES } from '../config/defaults.js'
+import { UsageTap } from '../billing/usage-tap.js'
 import { GatewayError, type OpenAIErrorBody } from '../errors/catalogue.js'
+import type { Charge } from '../limits/charge.js'
 import { clientResponseHeaders } from './headers.js'
 
 export interface AnswerContext {
@@ -122,17 +124,42 @@ async function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData
 export async function relayAnswer(
   reply: FastifyReply,
   upstream: Dispatcher.ResponseData,
-  context: AnswerContext
+  context: AnswerContext,
+  charge: Charge | null
 ): Promise<void> {
   if (upstream.statusCode < 200 || upstream.statusCode >= 300) {
+    charge?.failed()
     await relayError(reply, upstream, context)
     return
   }
   const streaming = isEventStream(upstream.headers['content-type'])
   const headers = clientResponseHeaders(upstream.headers, !streaming)
   if (streaming) headers['x-accel-buffering'] = 'no'
+  const body = charge === null ? upstream.body : metered(upstream.body, streaming, reply, charge)
   reply
     .code(upstream.statusCode)
     .headers(headers)
-    .send(streaming ? guardEventStream(upstream.body) : upstream.body)
+    .send(streaming ? guardEventStream(body) : body)
+}
+
+/**
+ * The answer on its way to the client, read on the side for what it used (images, tokens), so the
+ * request is charged what it cost once the client has it all; a client that leaves first is
+ * charged the reservation (the upstream may have billed).
+ */
+function metered(source: Readable, streaming: boolean, reply: FastifyReply, charge: Charge): Readable {
+  const tap = new UsageTap(streaming ? 'event-stream' : 'json')
+  const tapping = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      tap.push(chunk)
+      callback(null, chunk)
+    }
+  })
+  // pipeline: an error or a destroy on either side tears down both (and so the upstream request).
+  pipeline(source, tapping, () => undefined)
+  reply.raw.once('close', () => {
+    if (reply.raw.writableFinished) charge.answered(tap.result())
+    else charge.abandoned()
+  })
+  return tapping
 }

@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { parseConfig } from '../../src/config/load.js'
 import type { Config } from '../../src/config/schema.js'
+import type { KeyStore } from '../../src/keys/types.js'
 import { createLogger } from '../../src/logging.js'
 
 export const PROVIDER_KEY = 'sk-upstream-secret-0123456789abcdef'
@@ -17,6 +18,9 @@ export interface LogLine {
 export interface Gateway {
   app: FastifyInstance
   config: Config
+  /** A key with no limits, made in the gateway's store for the test. */
+  key: string
+  store: KeyStore
   /** http://127.0.0.1:port */
   url: string
   /** The base URL for an OpenAI SDK client. */
@@ -39,6 +43,12 @@ export interface GatewayOptions {
   models?: ModelSpec[]
   limits?: Partial<Config['limits']>
   timeouts?: Partial<{ connectMs: number; headersMs: number; bodyIdleMs: number }>
+  /** Share state through this Redis (tests with several instances). */
+  redis?: { url: string; keyPrefix: string }
+  adminToken?: string
+  keys?: Partial<Config['keys']>
+  /** Extra config sections, as in the YAML file (e.g. `prices`). */
+  extra?: Record<string, unknown>
 }
 
 const ALL_MODELS = ['dall-e-2', 'dall-e-3', 'gpt-image-1', 'gpt-image-1-mini', 'gpt-image-1.5', 'gpt-image-2']
@@ -57,7 +67,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       apiKey: '${TEST_PROVIDER_KEY}',
       timeouts: options.timeouts ?? {}
     })),
-    models: options.models ?? ALL_MODELS.map((name) => ({ name, deployments: [{ provider: firstProvider }] }))
+    models: options.models ?? ALL_MODELS.map((name) => ({ name, deployments: [{ provider: firstProvider }] })),
+    ...(options.redis === undefined ? {} : { redis: options.redis }),
+    ...(options.adminToken === undefined ? {} : { admin: { token: options.adminToken } }),
+    ...(options.keys === undefined ? {} : { keys: options.keys }),
+    ...options.extra
   }
   const config = parseConfig(JSON.stringify(document), { TEST_PROVIDER_KEY: PROVIDER_KEY }, 'test config')
   const lines: string[] = []
@@ -68,12 +82,16 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     }
   })
   const app = await buildApp(config, { logger: createLogger('info', sink) })
+  const store = app.keys.backend.store
+  const { key } = await store.create({ name: 'test' })
   await app.listen({ host: '127.0.0.1', port: 0 })
   const { port } = app.server.address() as AddressInfo
   const url = `http://127.0.0.1:${port}`
   return {
     app,
     config,
+    key,
+    store,
     url,
     baseURL: `${url}/v1`,
     logText: () => lines.join('\n'),

@@ -17,7 +17,7 @@ async function setup(t: Test, options: Partial<GatewayOptions> = {}): Promise<{ 
     await gateway.close()
     await upstream.close()
   })
-  return { upstream, gateway, client: new OpenAI({ apiKey: 'gw-key', baseURL: gateway.baseURL, maxRetries: 0 }) }
+  return { upstream, gateway, client: new OpenAI({ apiKey: gateway.key, baseURL: gateway.baseURL, maxRetries: 0 }) }
 }
 
 interface ParsedForm {
@@ -49,7 +49,7 @@ function sha256(data: Buffer): string {
 function post(gateway: Gateway, path: string, form: { body: Buffer; contentType: string }, options: { chunked?: boolean; split?: number } = {}) {
   const pieces = options.split === undefined ? [form.body] : splitEvery(form.body, options.split)
   return sendRaw(`${gateway.url}/v1/images/${path}`, {
-    headers: { 'content-type': form.contentType, authorization: 'Bearer gw-key' },
+    headers: { 'content-type': form.contentType, authorization: `Bearer ${gateway.key}` },
     body: pieces,
     chunked: options.chunked ?? false
   })
@@ -172,7 +172,7 @@ t.test('a 30 MB upload reaches the upstream while the client is still sending it
   const rest = form.body.subarray(firstPiece.length)
   let upstreamBytesBeforeRest = -1
   const answer = await sendRaw(`${gateway.url}/v1/images/edits`, {
-    headers: { 'content-type': form.contentType, 'content-length': String(form.body.length) },
+    headers: { 'content-type': form.contentType, 'content-length': String(form.body.length), authorization: `Bearer ${gateway.key}` },
     body: [
       firstPiece,
       async () => {
@@ -227,7 +227,7 @@ t.test('curl -F, file before model, reaches the upstream unchanged', async (t) =
   const file = join(dir, 'otter.png')
   await writeFile(file, makePng({ width: 64, height: 64, seed: 6, padToBytes: 2_000_000 }))
   const output = await new Promise<string>((resolve, reject) => {
-    const curl = spawn('curl', ['-sS', `${gateway.url}/v1/images/edits`, '-H', 'Authorization: Bearer gw-key', '-F', `image=@${file}`, '-F', 'prompt=hat', '-F', 'model=dall-e-2', '-F', 'size=256x256'])
+    const curl = spawn('curl', ['-sS', `${gateway.url}/v1/images/edits`, '-H', `Authorization: Bearer ${gateway.key}`, '-F', `image=@${file}`, '-F', 'prompt=hat', '-F', 'model=dall-e-2', '-F', 'size=256x256'])
     let out = ''
     curl.stdout.on('data', (c: Buffer) => (out += c.toString()))
     curl.on('error', reject)
@@ -387,7 +387,7 @@ for (const refusal of refusals) {
     const afterModel = form.body.indexOf(delimiter, delimiter.length) + delimiter.length + 2
     const routed = !NOT_ROUTED.has(refusal.name)
     const answer = await sendRaw(`${gateway.url}/v1/images/${refusal.path ?? 'edits'}`, {
-      headers: { 'content-type': form.contentType },
+      headers: { 'content-type': form.contentType, authorization: `Bearer ${gateway.key}` },
       body: [
         form.body.subarray(0, afterModel),
         async () => {
@@ -440,11 +440,12 @@ t.test('malformed multipart bodies get 400 invalid_multipart', async (t) => {
 t.test('the JSON form of edits passes through byte for byte; dall-e-2 cannot use it', async (t) => {
   const { upstream, gateway } = await setup(t)
   const body = Buffer.from(JSON.stringify({ model: 'gpt-image-1.5', prompt: 'p', images: [{ image_url: `data:image/png;base64,${square.toString('base64')}` }, { file_id: 'file-abc' }] }))
-  const answer = await sendRaw(`${gateway.url}/v1/images/edits`, { headers: { 'content-type': 'application/json' }, body: [body] })
+  const auth = { authorization: `Bearer ${gateway.key}` }
+  const answer = await sendRaw(`${gateway.url}/v1/images/edits`, { headers: { 'content-type': 'application/json', ...auth }, body: [body] })
   t.equal(answer.status, 200)
   t.ok(upstream.received[0]?.body().equals(body))
   const dalle = await sendRaw(`${gateway.url}/v1/images/edits`, {
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...auth },
     body: [Buffer.from(JSON.stringify({ model: 'dall-e-2', prompt: 'p', images: [{ file_id: 'f' }] }))]
   })
   t.equal(dalle.status, 400)

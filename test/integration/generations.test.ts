@@ -5,8 +5,6 @@ import { eventually, PROVIDER_KEY, startGateway, type Gateway } from '../helpers
 import { sendRaw } from '../helpers/http-client.js'
 import { hang, json, resetBeforeAnswer, startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js'
 
-const CLIENT_KEY = 'gw-client-key-not-for-upstream'
-
 async function setup(t: Test, options: Partial<Parameters<typeof startGateway>[0]> = {}): Promise<{
   upstream: FakeUpstream
   gateway: Gateway
@@ -18,12 +16,12 @@ async function setup(t: Test, options: Partial<Parameters<typeof startGateway>[0
     await gateway.close()
     await upstream.close()
   })
-  const client = new OpenAI({ apiKey: CLIENT_KEY, baseURL: gateway.baseURL, maxRetries: 0 })
+  const client = new OpenAI({ apiKey: gateway.key, baseURL: gateway.baseURL, maxRetries: 0 })
   return { upstream, gateway, client }
 }
 
 t.test('b64_json answer: the SDK gets the upstream answer; the upstream gets the provider key, never the client key', async (t) => {
-  const { upstream, client } = await setup(t)
+  const { upstream, gateway, client } = await setup(t)
   const answer = {
     created: 1713833628,
     data: [{ b64_json: Buffer.from('png-bytes').toString('base64') }],
@@ -42,7 +40,7 @@ t.test('b64_json answer: the SDK gets the upstream answer; the upstream gets the
   t.ok(seen)
   t.equal(seen?.url, '/v1/images/generations')
   t.equal(seen?.headers.authorization, `Bearer ${PROVIDER_KEY}`)
-  t.notMatch(JSON.stringify(seen?.headers), CLIENT_KEY, 'the client key is not forwarded in any header')
+  t.notMatch(JSON.stringify(seen?.headers), gateway.key, 'the client key is not forwarded in any header')
   t.strictSame(JSON.parse(seen?.body().toString() ?? ''), {
     model: 'gpt-image-1',
     prompt: 'a sea otter',
@@ -56,7 +54,7 @@ t.test('the JSON body reaches the upstream byte for byte, unknown fields include
   const { upstream, gateway } = await setup(t)
   const body = Buffer.from('{ "model" : "gpt-image-2", "prompt": "x\\u00e9", "size": "2048x1152", "new_param_2027": {"a": [1, 2]} }')
   const answer = await sendRaw(`${gateway.url}/v1/images/generations`, {
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${CLIENT_KEY}`, 'openai-organization': 'org-client', cookie: 'c=d' },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${gateway.key}`, 'openai-organization': 'org-client', cookie: 'c=d' },
     body: [body]
   })
   t.equal(answer.status, 200)
@@ -179,7 +177,7 @@ t.test('refused before any upstream call: unknown model, bad parameters, bad JSO
     code: 'invalid_value'
   })
   const bad = await sendRaw(`${gateway.url}/v1/images/generations`, {
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${gateway.key}` },
     body: [Buffer.from('{"prompt": ')]
   })
   t.equal(bad.status, 400)
@@ -187,7 +185,7 @@ t.test('refused before any upstream call: unknown model, bad parameters, bad JSO
   t.strictSame(Object.keys(bad.json<{ error: object }>().error), ['message', 'type', 'param', 'code'])
   t.equal(bad.json<{ error: { code: string } }>().error.code, 'invalid_json')
   const form = await sendRaw(`${gateway.url}/v1/images/generations`, {
-    headers: { 'content-type': 'text/plain' },
+    headers: { 'content-type': 'text/plain', authorization: `Bearer ${gateway.key}` },
     body: [Buffer.from('hello')]
   })
   t.equal(form.status, 400)
@@ -246,7 +244,7 @@ t.test('upstream faults: down 502, silent 504, reset 502, HTML error keeps its s
     await gateway.close()
     await upstream.close()
   })
-  const client = new OpenAI({ apiKey: CLIENT_KEY, baseURL: gateway.baseURL, maxRetries: 0 })
+  const client = new OpenAI({ apiKey: gateway.key, baseURL: gateway.baseURL, maxRetries: 0 })
   await t.rejects(client.images.generate({ model: 'dall-e-2', prompt: 'x' }), { status: 502, code: 'upstream_unreachable' })
   upstream.behave(hang)
   await t.rejects(client.images.generate({ model: 'gpt-image-1', prompt: 'x' }), { status: 504, code: 'upstream_timeout' })
@@ -338,6 +336,6 @@ t.test('one log line per request, with no key and no prompt', async (t) => {
   t.ok((lines[0]?.bytesOut as number) > 0)
   const text = gateway.logText()
   t.notMatch(text, prompt)
-  t.notMatch(text, CLIENT_KEY)
+  t.notMatch(text, gateway.key)
   t.notMatch(text, PROVIDER_KEY)
 })

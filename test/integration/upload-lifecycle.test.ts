@@ -37,7 +37,7 @@ t.test('a client that leaves mid-upload aborts the upstream request and frees th
   ])
   const req = httpRequest(`${gateway.url}/v1/images/edits`, {
     method: 'POST',
-    headers: { 'content-type': form.contentType, 'content-length': String(form.body.length) }
+    headers: { 'content-type': form.contentType, 'content-length': String(form.body.length), authorization: `Bearer ${gateway.key}` }
   })
   req.on('error', () => undefined)
   req.write(form.body.subarray(0, 3 * 1024 * 1024))
@@ -54,7 +54,7 @@ t.test('a client that leaves mid-upload aborts the upstream request and frees th
   ])
   const second = httpRequest(`${gateway.url}/v1/images/edits`, {
     method: 'POST',
-    headers: { 'content-type': routedFirst.contentType, 'content-length': String(routedFirst.body.length) }
+    headers: { 'content-type': routedFirst.contentType, 'content-length': String(routedFirst.body.length), authorization: `Bearer ${gateway.key}` }
   })
   second.on('error', () => undefined)
   second.write(routedFirst.body.subarray(0, 2 * 1024 * 1024))
@@ -87,7 +87,7 @@ t.test('an upstream that answers before reading the whole upload: the client get
     { name: 'image', filename: 'a.png', data: big }
   ])
   const answer = await sendRaw(`${gateway.url}/v1/images/edits`, {
-    headers: { 'content-type': form.contentType },
+    headers: { 'content-type': form.contentType, authorization: `Bearer ${gateway.key}` },
     body: [form.body.subarray(0, 1024 * 1024), form.body.subarray(1024 * 1024)]
   })
   t.equal(answer.status, 413)

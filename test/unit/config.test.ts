@@ -10,6 +10,10 @@ import {
   DEFAULT_HOST,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
+  DEFAULT_KEY_CACHE_TTL_MS,
+  DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
+  DEFAULT_KEY_STALE_MS,
+  DEFAULT_LEASE_MS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT
@@ -94,6 +98,13 @@ t.test('defaults are filled in', async (t) => {
       multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
       holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES
     },
+    keys: {
+      cacheTtlMs: DEFAULT_KEY_CACHE_TTL_MS,
+      negativeCacheTtlMs: DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
+      staleMs: DEFAULT_KEY_STALE_MS,
+      leaseMs: DEFAULT_LEASE_MS
+    },
+    admin: {},
     providers: [
       {
         id: 'p',

@@ -1,0 +1,205 @@
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import { GatewayError } from '../errors/catalogue.js'
+import type { KeyRecord, KeyStore, UsageDelta } from '../keys/types.js'
+import type { Endpoint } from '../openai/models.js'
+import type { Fields } from '../openai/validate.js'
+import { overBudget, rateLimited } from './headers.js'
+import { LocalLimits } from './local-limits.js'
+
+/** What an answer turned out to contain (see billing/usage-tap.ts). */
+export interface Tapped {
+  imagesReturned: number | null
+  usage: unknown
+  partialImages: number
+}
+
+/** Prices, as the charging path needs them. */
+export interface CostModel {
+  /** The most the request can cost, in micro-USD (0 for a model with no price). */
+  worstCase(model: string, endpoint: Endpoint, fields: Fields): number
+  /** What the answer cost, from its usage block or the images it returned. */
+  actual(model: string, endpoint: Endpoint, fields: Fields, tapped: Tapped): number
+  /** Whether the table has a price under this name. */
+  priced(model: string): boolean
+}
+
+export interface MeterOptions {
+  store: KeyStore
+  costs: CostModel
+  leaseMs: number
+  log: FastifyBaseLogger
+}
+
+const SETTLE_RETRY_MS = 1_000
+const MAX_PENDING_SETTLEMENTS = 10_000
+
+interface Settlement {
+  keyId: string
+  ticket: string
+  usage: UsageDelta
+  nowMs: number
+}
+
+/**
+ * Takes each request's share of its key's limits before dispatch and settles it after. While the
+ * store is unreachable: limits fall back to this process (requests of keys with a budget are
+ * refused with 503, as spending cannot be checked), and settlements wait in a bounded queue that
+ * is replayed when the store is back (settling is idempotent per ticket).
+ */
+export class Meter {
+  private readonly options: MeterOptions
+  private readonly fallback = new Map<string, LocalLimits>()
+  private readonly pending: Settlement[] = []
+  private retryTimer: NodeJS.Timeout | null = null
+
+  constructor(options: MeterOptions) {
+    this.options = options
+  }
+
+  /**
+   * The name a request is priced under: the client's model name when the price table has it,
+   * else the upstream's (an alias is priced as the model it stands for).
+   */
+  priceName(clientModel: string, upstreamModel: string): string {
+    return this.options.costs.priced(clientModel) ? clientModel : upstreamModel
+  }
+
+  async admit(key: KeyRecord, model: string, endpoint: Endpoint, fields: Fields): Promise<Charge> {
+    const images = requestedImages(fields)
+    const reserveMicroUsd = key.budgetMicroUsd === null ? 0 : this.options.costs.worstCase(model, endpoint, fields)
+    const admission = {
+      keyId: key.id,
+      ticket: randomUUID(),
+      images,
+      imagesPerMinute: key.imagesPerMinute,
+      concurrency: key.concurrency,
+      reserveMicroUsd,
+      budgetMicroUsd: key.budgetMicroUsd,
+      leaseMs: this.options.leaseMs,
+      nowMs: Date.now()
+    }
+    let result
+    let local: LocalLimits | null = null
+    try {
+      result = await this.options.store.admit(admission)
+    } catch (err) {
+      if (key.budgetMicroUsd !== null) {
+        throw new GatewayError('service_unavailable', 'The gateway cannot check this key\'s budget right now. Try again shortly.', { cause: err })
+      }
+      local = this.fallback.get(key.id) ?? new LocalLimits()
+      this.fallback.set(key.id, local)
+      result = local.admit({ ...admission, budgetMicroUsd: null }, 0)
+    }
+    if (!result.ok) {
+      if (result.limit === 'budget') throw overBudget(result.limitValue, result.remaining)
+      throw rateLimited(result.limit, result.limitValue, result.remaining, result.retryAfterMs)
+    }
+    return new Charge(this, key.id, admission.ticket, model, endpoint, fields, reserveMicroUsd, local)
+  }
+
+  /** @internal */
+  settle(settlement: Settlement, local: LocalLimits | null): void {
+    local?.release(settlement.ticket)
+    this.options.store.settle(settlement.keyId, settlement.ticket, settlement.usage, settlement.nowMs).catch(() => {
+      this.enqueue(settlement)
+    })
+  }
+
+  costOf(model: string, endpoint: Endpoint, fields: Fields, tapped: Tapped): number {
+    return this.options.costs.actual(model, endpoint, fields, tapped)
+  }
+
+  private enqueue(settlement: Settlement): void {
+    if (this.pending.length >= MAX_PENDING_SETTLEMENTS) {
+      const dropped = this.pending.shift()
+      this.options.log.warn({ keyId: dropped?.keyId }, 'usage settlement dropped: the key store has been unreachable too long')
+    }
+    this.pending.push(settlement)
+    this.retryTimer ??= setTimeout(() => void this.replay(), SETTLE_RETRY_MS).unref()
+  }
+
+  private async replay(): Promise<void> {
+    this.retryTimer = null
+    while (this.pending.length > 0) {
+      const next = this.pending[0] as Settlement
+      try {
+        await this.options.store.settle(next.keyId, next.ticket, next.usage, next.nowMs)
+      } catch {
+        this.retryTimer = setTimeout(() => void this.replay(), SETTLE_RETRY_MS).unref()
+        return
+      }
+      this.pending.shift()
+    }
+  }
+
+  /** Settlements still waiting for the store (for tests and shutdown). */
+  get pendingSettlements(): number {
+    return this.pending.length
+  }
+
+  close(): void {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+    this.retryTimer = null
+  }
+}
+
+function requestedImages(fields: Fields): number {
+  const n = fields.get('n')
+  const value = typeof n === 'number' ? n : typeof n === 'string' ? Number(n) : 1
+  return Number.isInteger(value) && value > 0 ? value : 1
+}
+
+const NO_USAGE: UsageDelta = { requests: 1, images: 0, inputTokens: 0, outputTokens: 0, costMicroUsd: 0 }
+
+function tokens(usage: unknown, field: 'input_tokens' | 'output_tokens'): number {
+  if (usage === null || typeof usage !== 'object') return 0
+  const value = (usage as Record<string, unknown>)[field]
+  return typeof value === 'number' && Number.isFinite(value) ? value : 0
+}
+
+/** One request's hold on its key's limits; settled exactly once. */
+export class Charge {
+  private settled = false
+
+  constructor(
+    private readonly meter: Meter,
+    readonly keyId: string,
+    readonly ticket: string,
+    private readonly model: string,
+    private readonly endpoint: Endpoint,
+    private readonly fields: Fields,
+    readonly reservedMicroUsd: number,
+    private readonly local: LocalLimits | null
+  ) {}
+
+  /** The upstream answered and the answer reached the client: charge what it used. */
+  answered(tapped: Tapped): void {
+    this.finish({
+      requests: 1,
+      images: tapped.imagesReturned ?? 0,
+      inputTokens: tokens(tapped.usage, 'input_tokens'),
+      outputTokens: tokens(tapped.usage, 'output_tokens'),
+      costMicroUsd: this.meter.costOf(this.model, this.endpoint, this.fields, tapped)
+    })
+  }
+
+  /** The upstream refused or failed: nothing was made, nothing is charged. */
+  failed(): void {
+    this.finish(NO_USAGE)
+  }
+
+  /**
+   * The client left while the upstream was working or answering: the upstream may have made (and
+   * billed) the images, so the reservation is kept as the cost.
+   */
+  abandoned(): void {
+    this.finish({ ...NO_USAGE, costMicroUsd: this.reservedMicroUsd })
+  }
+
+  private finish(usage: UsageDelta): void {
+    if (this.settled) return
+    this.settled = true
+    this.meter.settle({ keyId: this.keyId, ticket: this.ticket, usage, nowMs: Date.now() }, this.local)
+  }
+}

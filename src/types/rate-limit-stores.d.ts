@@ -1,0 +1,13 @@
+// @fastify/rate-limit's two stores are CommonJS modules without type declarations of their own.
+declare module '@fastify/rate-limit/store/LocalStore.js' {
+  import type { RateLimitStore } from '../limits/requests-per-minute.js'
+  const LocalStore: new (continueExceeding: boolean, exponentialBackoff: boolean, cache?: number) => RateLimitStore
+  export default LocalStore
+}
+
+declare module '@fastify/rate-limit/store/RedisStore.js' {
+  import type { Redis } from 'ioredis'
+  import type { RateLimitStore } from '../limits/requests-per-minute.js'
+  const RedisStore: new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis, key?: string) => RateLimitStore
+  export default RedisStore
+}
