@@ -47,6 +47,7 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
       method: request.method,
       route: request.routeOptions.url ?? null,
       status: context.clientClosed ? 499 : reply.statusCode,
+      keyId: request.apiKey?.id ?? null,
       model: context.model,
       deployment: context.deployment,
       upstreamStatus: context.upstreamStatus,

@@ -68,12 +68,37 @@ export class Meter {
   async admit(key: KeyRecord, model: string, endpoint: Endpoint, fields: Fields): Promise<Charge> {
     const images = requestedImages(fields)
     const reserveMicroUsd = key.budgetMicroUsd === null ? 0 : this.options.costs.worstCase(model, endpoint, fields)
+    return this.take(key, model, endpoint, fields, images, reserveMicroUsd, key.concurrency)
+  }
+
+  /**
+   * Takes more for a request whose fields grew after it was admitted (a multipart `n` sent after
+   * the model): the extra images and reservation, in a second ticket settled with the first.
+   */
+  async topUp(charge: Charge, key: KeyRecord, fields: Fields): Promise<void> {
+    const extraImages = requestedImages(fields) - charge.images
+    const worst = key.budgetMicroUsd === null ? 0 : this.options.costs.worstCase(charge.model, charge.endpoint, fields)
+    const extraReserve = Math.max(0, worst - charge.reservedMicroUsd)
+    if (extraImages <= 0 && extraReserve <= 0) return
+    const extra = await this.take(key, charge.model, charge.endpoint, fields, Math.max(0, extraImages), extraReserve, null)
+    charge.attach(extra)
+  }
+
+  private async take(
+    key: KeyRecord,
+    model: string,
+    endpoint: Endpoint,
+    fields: Fields,
+    images: number,
+    reserveMicroUsd: number,
+    concurrency: number | null
+  ): Promise<Charge> {
     const admission = {
       keyId: key.id,
       ticket: randomUUID(),
       images,
       imagesPerMinute: key.imagesPerMinute,
-      concurrency: key.concurrency,
+      concurrency,
       reserveMicroUsd,
       budgetMicroUsd: key.budgetMicroUsd,
       leaseMs: this.options.leaseMs,
@@ -95,7 +120,7 @@ export class Meter {
       if (result.limit === 'budget') throw overBudget(result.limitValue, result.remaining)
       throw rateLimited(result.limit, result.limitValue, result.remaining, result.retryAfterMs)
     }
-    return new Charge(this, key.id, admission.ticket, model, endpoint, fields, reserveMicroUsd, local)
+    return new Charge(this, key.id, admission.ticket, model, endpoint, fields, images, reserveMicroUsd, local)
   }
 
   /** @internal */
@@ -151,6 +176,8 @@ function requestedImages(fields: Fields): number {
 }
 
 const NO_USAGE: UsageDelta = { requests: 1, images: 0, inputTokens: 0, outputTokens: 0, costMicroUsd: 0 }
+/** A top-up ticket only releases what it held; its request is counted on the main ticket. */
+const RELEASE_ONLY: UsageDelta = { ...NO_USAGE, requests: 0 }
 
 function tokens(usage: unknown, field: 'input_tokens' | 'output_tokens'): number {
   if (usage === null || typeof usage !== 'object') return 0
@@ -161,17 +188,28 @@ function tokens(usage: unknown, field: 'input_tokens' | 'output_tokens'): number
 /** One request's hold on its key's limits; settled exactly once. */
 export class Charge {
   private settled = false
+  private readonly extras: Charge[] = []
 
   constructor(
     private readonly meter: Meter,
     readonly keyId: string,
     readonly ticket: string,
-    private readonly model: string,
-    private readonly endpoint: Endpoint,
+    readonly model: string,
+    readonly endpoint: Endpoint,
     private readonly fields: Fields,
+    readonly images: number,
     readonly reservedMicroUsd: number,
     private readonly local: LocalLimits | null
   ) {}
+
+  /** @internal A top-up, settled (released) together with this charge. */
+  attach(extra: Charge): void {
+    this.extras.push(extra)
+  }
+
+  private get totalReservedMicroUsd(): number {
+    return this.extras.reduce((sum, extra) => sum + extra.reservedMicroUsd, this.reservedMicroUsd)
+  }
 
   /** The upstream answered and the answer reached the client: charge what it used. */
   answered(tapped: Tapped): void {
@@ -194,12 +232,14 @@ export class Charge {
    * billed) the images, so the reservation is kept as the cost.
    */
   abandoned(): void {
-    this.finish({ ...NO_USAGE, costMicroUsd: this.reservedMicroUsd })
+    this.finish({ ...NO_USAGE, costMicroUsd: this.totalReservedMicroUsd })
   }
 
   private finish(usage: UsageDelta): void {
     if (this.settled) return
     this.settled = true
-    this.meter.settle({ keyId: this.keyId, ticket: this.ticket, usage, nowMs: Date.now() }, this.local)
+    const nowMs = Date.now()
+    this.meter.settle({ keyId: this.keyId, ticket: this.ticket, usage, nowMs }, this.local)
+    for (const extra of this.extras) extra.finish(RELEASE_ONLY)
   }
 }

@@ -52,6 +52,8 @@ export class MultipartRelay {
   private resolveRoutable!: () => void
   private rejectRoutable!: (err: GatewayError) => void
   private spoolWrites = 0
+  private endGate: (() => Promise<void>) | null = null
+  private gating = false
 
   constructor(source: IncomingMessage, options: RelayOptions) {
     this.source = source
@@ -94,7 +96,8 @@ export class MultipartRelay {
       return
     }
     if (this.mode === 'streaming') {
-      if (this.output !== null && !this.output.push(chunk)) this.source.pause()
+      if (this.inspector.formEnded && this.endGate !== null) this.passGate(chunk, this.endGate)
+      else if (this.output !== null && !this.output.push(chunk)) this.source.pause()
       return
     }
     const pending = this.spool.append(chunk)
@@ -125,9 +128,37 @@ export class MultipartRelay {
     }
   }
 
+  /**
+   * The chunk that closes the form waits for the gate (a last asynchronous check, such as the
+   * key's limits for an `n` that came late); if the gate refuses, the upstream never gets it.
+   */
+  private passGate(chunk: Buffer, gate: () => Promise<void>): void {
+    this.endGate = null
+    this.gating = true
+    this.source.pause()
+    gate().then(
+      () => {
+        this.gating = false
+        if (this.mode === 'failed' || this.output === null) return
+        const more = this.output.push(chunk)
+        if (this.sourceEnded) this.output.push(null)
+        else if (more) this.source.resume()
+      },
+      (err: unknown) => {
+        this.gating = false
+        this.fail(asGatewayError(err))
+      }
+    )
+  }
+
+  /** A last check before the form's closing chunk goes upstream (see passGate). */
+  setEndGate(gate: () => Promise<void>): void {
+    this.endGate = gate
+  }
+
   private onEnd(): void {
     this.sourceEnded = true
-    if (this.mode === 'failed') return
+    if (this.mode === 'failed' || this.gating) return
     try {
       this.scanner.end()
     } catch (err) {
@@ -177,7 +208,7 @@ export class MultipartRelay {
       highWaterMark: UPSTREAM_BODY_HIGH_WATER_MARK,
       read: () => {
         if (this.replay !== null) this.replay.resume()
-        else if (this.mode === 'streaming' && !this.sourceEnded) this.source.resume()
+        else if (this.mode === 'streaming' && !this.sourceEnded && !this.gating) this.source.resume()
       },
       destroy: (err, callback) => {
         this.replay?.destroy()

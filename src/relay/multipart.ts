@@ -59,8 +59,13 @@ export async function relayMultipart(
   assertModelAllowed(request, model)
   relay.route(model, routed.rules)
   const deployment = chooseDeployment(routed)
-  // Fields read so far: an `n` sent after the files counts as 1 here (documented in docs/keys.md).
+  // Admitted on the fields read so far; an `n` that comes later is topped up before the form's
+  // closing chunk goes upstream, so a late `n` cannot slip past the key's limits.
   const charge = await admit(context, request, model, deployment, endpoint, relay.inspector)
+  const key = request.apiKey
+  if (charge !== null && key !== null && !relay.inspector.formEnded) {
+    relay.setEndGate(() => context.meter.topUp(charge, key, relay.inspector))
+  }
   await dispatch(context.registry, request, reply, {
     endpoint,
     deployment,

@@ -213,3 +213,44 @@ t.test('no key appears in any log line or error body', async (t) => {
   t.notMatch(text, key.slice(4, 20), 'not even part of the key')
   t.notMatch(text, digestOf(key))
 })
+
+t.test('a multipart n sent after the model is counted before the form reaches the upstream whole', async (t) => {
+  const { buildMultipart } = await import('../helpers/multipart.js')
+  const { makePng } = await import('../helpers/images.js')
+  const { upstream, gateway } = await setup(t)
+  const image = makePng({ width: 32, height: 32, seed: 1, padToBytes: 256 * 1024 })
+  const form = (n: string) =>
+    buildMultipart([
+      { name: 'model', value: 'gpt-image-1' },
+      { name: 'prompt', value: 'p' },
+      { name: 'image', filename: 'a.png', data: image },
+      { name: 'n', value: n }
+    ])
+  const send = async (key: string, n: string) => {
+    const { body, contentType } = form(n)
+    // The model part alone first, so the request is routed (and admitted) before `n` is seen.
+    const split = body.indexOf(Buffer.from('--test-boundary-7f3a9c'), 10) + 24
+    const requests = upstream.received.length
+    return sendRaw(`${gateway.url}/v1/images/edits`, {
+      headers: { 'content-type': contentType, authorization: `Bearer ${key}` },
+      body: [body.subarray(0, split), async () => void (await upstream.nthRequest(requests + 1)), body.subarray(split)],
+      chunked: true
+    })
+  }
+  const { key } = await gateway.store.create({ name: 'ipm', imagesPerMinute: 4 })
+  t.equal((await send(key, '3')).status, 200, 'three images fit')
+  const over = await send(key, '2')
+  t.equal(over.status, 429, 'the late n=2 does not fit in the one image left')
+  t.match(over.json(), { error: { code: 'rate_limit_exceeded' } })
+  const cut = upstream.received.at(-1)
+  await cut?.done
+  t.notOk(cut?.complete, 'that upload was cut before the upstream had it all')
+  t.notOk(cut?.body().includes(Buffer.from('test-boundary-7f3a9c--')))
+
+  const { key: budgetKey, record } = await gateway.store.create({ name: 'budget', budgetMicroUsd: 400_000 })
+  const poor = await send(budgetKey, '10')
+  t.equal(poor.status, 429)
+  t.match(poor.json(), { error: { code: 'insufficient_quota' } })
+  t.equal(await gateway.store.spentMicroUsd(record.id), 0, 'nothing charged, every reservation released')
+  t.equal((await send(budgetKey, '1')).status, 200, 'and the budget is whole again')
+})
