@@ -53,11 +53,7 @@ const providerSchema = z
     organization: headerValue.optional(),
     project: headerValue.optional(),
     headers: z.record(headerName, headerValue).default({}),
-    timeouts: timeoutsSchema.default({
-      connectMs: DEFAULT_CONNECT_TIMEOUT_MS,
-      headersMs: DEFAULT_HEADERS_TIMEOUT_MS,
-      bodyIdleMs: DEFAULT_BODY_IDLE_TIMEOUT_MS
-    }),
+    timeouts: timeoutsSchema.prefault({}),
     maxConnections: positiveInt.default(DEFAULT_MAX_CONNECTIONS)
   })
   .strict()
@@ -126,21 +122,11 @@ const adminSchema = z
 
 export const configSchema = z
   .object({
-    server: serverSchema.default({ host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info' }),
-    limits: limitsSchema.default({
-      jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
-      jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
-      multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
-      holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES
-    }),
+    server: serverSchema.prefault({}),
+    limits: limitsSchema.prefault({}),
     redis: redisSchema.optional(),
-    keys: keysSchema.default({
-      cacheTtlMs: DEFAULT_KEY_CACHE_TTL_MS,
-      negativeCacheTtlMs: DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
-      staleMs: DEFAULT_KEY_STALE_MS,
-      leaseMs: DEFAULT_LEASE_MS
-    }),
-    admin: adminSchema.default({ token: undefined }),
+    keys: keysSchema.prefault({}),
+    admin: adminSchema.prefault({}),
     /** Prices per model (USD), over the shipped defaults (docs/prices.md). */
     prices: priceTableSchema.optional(),
     providers: z.array(providerSchema).min(1),

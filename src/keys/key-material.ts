@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
+import type { KeyRecord, NewKey } from './types.js'
 
 /** Recognisable in logs, configs and secret scanners; the rest is 256 random bits. */
 export const KEY_PREFIX = 'igw_'
@@ -24,4 +25,24 @@ export function newKeyId(): string {
  */
 export function looksLikeKey(candidate: string): boolean {
   return /^[A-Za-z0-9_.-]{16,200}$/.test(candidate)
+}
+
+/** A new key's record, as every store keeps it (defaults: every model, no limits, no expiry). */
+export function newRecord(input: NewKey, material: { digest: string; prefix: string }): KeyRecord {
+  return {
+    id: newKeyId(),
+    name: input.name,
+    prefix: material.prefix,
+    digest: material.digest,
+    models: input.models ?? ['*'],
+    rpm: input.rpm ?? null,
+    imagesPerMinute: input.imagesPerMinute ?? null,
+    concurrency: input.concurrency ?? null,
+    budgetMicroUsd: input.budgetMicroUsd ?? null,
+    expiresAt: input.expiresAt ?? null,
+    disabled: false,
+    createdAt: new Date().toISOString(),
+    revokedAt: null,
+    metadata: input.metadata ?? {}
+  }
 }

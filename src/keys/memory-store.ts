@@ -1,5 +1,5 @@
 import { LocalLimits } from '../limits/local-limits.js'
-import { digestOf, newKey, newKeyId } from './key-material.js'
+import { digestOf, newKey, newRecord } from './key-material.js'
 import type { Admission, AdmitResult, DayUsage, KeyPatch, KeyRecord, KeyStore, NewKey, UsageDelta } from './types.js'
 
 /** A settled ticket is remembered this long (settling twice must not charge twice), as in Redis. */
@@ -45,22 +45,7 @@ export class MemoryKeyStore implements KeyStore {
     material: { key: string; digest: string; prefix: string },
     input: NewKey
   ): Promise<{ record: KeyRecord; key: string }> {
-    const record: KeyRecord = {
-      id: newKeyId(),
-      name: input.name,
-      prefix: material.prefix,
-      digest: material.digest,
-      models: input.models ?? ['*'],
-      rpm: input.rpm ?? null,
-      imagesPerMinute: input.imagesPerMinute ?? null,
-      concurrency: input.concurrency ?? null,
-      budgetMicroUsd: input.budgetMicroUsd ?? null,
-      expiresAt: input.expiresAt ?? null,
-      disabled: false,
-      createdAt: new Date().toISOString(),
-      revokedAt: null,
-      metadata: input.metadata ?? {}
-    }
+    const record = newRecord(input, material)
     this.keys.set(record.id, { record, limits: new LocalLimits(), settled: new Map(), spentMicroUsd: 0, usage: new Map() })
     this.byDigest.set(record.digest, record.id)
     return { record: structuredClone(record), key: material.key }

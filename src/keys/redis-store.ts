@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis'
 import { z } from 'zod'
 import { whenReady } from '../redis/client.js'
-import { newKey, newKeyId } from './key-material.js'
+import { newKey, newRecord } from './key-material.js'
 import {
   StoreUnavailableError,
   type Admission,
@@ -337,22 +337,7 @@ export class RedisKeyStore implements KeyStore {
 
   async create(input: NewKey): Promise<{ record: KeyRecord; key: string }> {
     const material = newKey()
-    const record: KeyRecord = {
-      id: newKeyId(),
-      name: input.name,
-      prefix: material.prefix,
-      digest: material.digest,
-      models: input.models ?? ['*'],
-      rpm: input.rpm ?? null,
-      imagesPerMinute: input.imagesPerMinute ?? null,
-      concurrency: input.concurrency ?? null,
-      budgetMicroUsd: input.budgetMicroUsd ?? null,
-      expiresAt: input.expiresAt ?? null,
-      disabled: false,
-      createdAt: new Date().toISOString(),
-      revokedAt: null,
-      metadata: input.metadata ?? {}
-    }
+    const record = newRecord(input, material)
     await this.run(async () =>
       results(
         await this.redis

@@ -1,21 +1,11 @@
 import t, { type Test } from 'tap'
 import { ImageProbe, type ImageProbeResult } from '../../src/multipart/image-probe.js'
 import { makeJpeg, makePng, makeWebp, readPngSize } from '../helpers/images.js'
+import { seededRandom } from '../helpers/random.js'
 
 const maxScanBytes = 1024 * 1024
 const kib = 1024
 
-/** mulberry32: a seeded generator, so "random" splits are the same on every run. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Bitwise CRC-32 for hand-built PNG chunks. */
 function crc32(bytes: Uint8Array): number {

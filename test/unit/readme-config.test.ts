@@ -13,6 +13,7 @@ function leafPaths(schema: z.core.$ZodType, prefix: string): string[] {
   }
   switch (def.type) {
     case 'default':
+    case 'prefault':
     case 'optional':
       return leafPaths(def.innerType as z.core.$ZodType, prefix)
     case 'pipe':

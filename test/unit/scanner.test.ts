@@ -9,6 +9,7 @@ import {
   isValidBoundary,
   type PartInfo
 } from '../../src/multipart/scanner.js'
+import { int, seededRandom, type Rng } from '../helpers/random.js'
 
 /*
  * The scanner is checked three ways on generated bodies: against what the generator put in, against
@@ -17,23 +18,8 @@ import {
  * so delimiters and near-delimiters fall across chunk edges.
  */
 
-type Rng = () => number
 
-/** mulberry32: a seeded generator, so every run builds the same bodies and splits. */
-function seededRandom(seed: number): Rng {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
-function int(rng: Rng, min: number, max: number): number {
-  return min + Math.floor(rng() * (max - min + 1))
-}
 
 function pick<T>(rng: Rng, items: readonly T[]): T {
   return items[Math.floor(rng() * items.length)] as T

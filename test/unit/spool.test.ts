@@ -2,18 +2,8 @@ import { readdirSync } from 'node:fs'
 import type { Readable } from 'node:stream'
 import t from 'tap'
 import { ByteSpool } from '../../src/multipart/spool.js'
+import { seededRandom } from '../helpers/random.js'
 
-/** mulberry32: seeded, so the chunk sizes and ranges are the same on every run. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Bytes whose value depends on their position, so a shifted range cannot pass for the right one. */
 function patterned(start: number, length: number): Buffer {

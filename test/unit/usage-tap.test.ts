@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
 import { UsageTap, type TappedUsage } from '../../src/billing/usage-tap.js'
+import { int, seededRandom, type Rng } from '../helpers/random.js'
 
 /*
  * The tap must learn from a piped answer what JSON.parse would have told us, whatever the chunking.
@@ -8,23 +9,8 @@ import { UsageTap, type TappedUsage } from '../../src/billing/usage-tap.js'
  * bodies, and 1-byte chunks, so that quotes, backslash runs, keys and numbers fall across chunk edges.
  */
 
-type Rng = () => number
 
-/** mulberry32: a seeded generator, so every run builds the same bodies and splits. */
-function seededRandom(seed: number): Rng {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
-function int(rng: Rng, min: number, max: number): number {
-  return min + Math.floor(rng() * (max - min + 1))
-}
 
 type Kind = 'json' | 'event-stream'
 
