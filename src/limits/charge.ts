@@ -104,6 +104,10 @@ export class Meter {
       leaseMs: this.options.leaseMs,
       nowMs: Date.now()
     }
+    // Nothing to check: no round trip on the way in (usage is still recorded at settlement).
+    if (key.imagesPerMinute === null && concurrency === null && key.budgetMicroUsd === null) {
+      return new Charge(this, key.id, admission.ticket, model, endpoint, fields, images, reserveMicroUsd, null)
+    }
     let result
     let local: LocalLimits | null = null
     try {

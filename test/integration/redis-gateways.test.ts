@@ -46,10 +46,17 @@ function generate(gateway: Gateway, key: string, body = { model: 'dall-e-3', pro
 t.test('two instances on one Redis: one key, one rpm limit, one budget', async (t) => {
   const { a, b, upstream } = await twoInstances(t)
   t.equal(a.store.kind, 'redis')
-  const { key } = await a.store.create({ name: 'shared', rpm: 4 })
+  const { key, record: shared } = await a.store.create({ name: 'shared', rpm: 4 })
   const statuses: number[] = []
   for (let i = 0; i < 6; i++) statuses.push((await generate(i % 2 === 0 ? a : b, key)).status)
   t.strictSame(statuses, [200, 200, 200, 200, 429, 429], 'the fifth request is refused whichever instance gets it')
+  // No image, concurrency or budget limit: admitted without a Redis round trip, usage still kept.
+  let used = 0
+  for (let i = 0; i < 50 && used < 4; i++) {
+    used = (await a.store.usage(shared.id, 1, Date.now()))[0]?.requests ?? 0
+    if (used < 4) await new Promise((r) => setTimeout(r, 20))
+  }
+  t.equal(used, 4, 'the four served requests are in today\'s usage')
 
   // dall-e-3 hd 1024x1024 is $0.08 (answers here carry no usage): $0.24 pays for three.
   const { key: budgetKey, record } = await b.store.create({ name: 'budget', budgetMicroUsd: 240_000 })
