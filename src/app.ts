@@ -50,7 +50,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   app.decorate('registry', registry)
   app.decorate('keys', { backend, authenticator, meter })
   app.addHook('onClose', async () => {
-    meter.close()
+    await meter.close()
     await Promise.all([registry.close(), backend.store.close()])
   })
 

@@ -5,6 +5,7 @@ import { loadConfig, type Env } from './config/load.js'
 import { looksLikeKey, newKey } from './keys/key-material.js'
 import { MemoryKeyStore } from './keys/memory-store.js'
 import { createLogger } from './logging.js'
+import { safeError } from './errors/safe-error.js'
 
 /** Used when GATEWAY_CONFIG is not set: relays to OpenAI with OPENAI_API_KEY. */
 export const EXAMPLE_CONFIG_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'config', 'gateway.example.yaml')
@@ -14,6 +15,8 @@ export async function startServer(env: Env): Promise<void> {
   const configPath = env.GATEWAY_CONFIG ?? EXAMPLE_CONFIG_PATH
   const config = loadConfig(configPath, env)
   const logger = createLogger(config.server.logLevel)
+  // A rejection nobody handled is a bug of ours; one request's bug must not end every other request.
+  process.on('unhandledRejection', (reason) => logger.error({ err: safeError(reason) }, 'unhandled rejection'))
   const app = await buildApp(config, { logger })
   const { backend } = app.keys
   logger.info({ store: backend.describe }, 'key store')

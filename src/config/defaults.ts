@@ -22,6 +22,8 @@ export const DEFAULT_JSON_EDIT_BODY_BYTES = 64 * 1024 * 1024
 export const DEFAULT_MULTIPART_BODY_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
 /** Bytes of an upload held in memory while the model is not yet known; past this they go to a temporary file. */
 export const DEFAULT_HOLD_MEMORY_BYTES = 1024 * 1024
+/** An upload that sends nothing for this long is failed with 408 (a slow but moving client is fine). */
+export const DEFAULT_UPLOAD_IDLE_MS = 60_000
 /** Upstream error bodies are read whole (to reshape them); larger ones are cut. */
 export const MAX_UPSTREAM_ERROR_BODY_BYTES = 64 * 1024
 

@@ -13,7 +13,8 @@ import {
   DEFAULT_LEASE_MS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
-  DEFAULT_PORT
+  DEFAULT_PORT,
+  DEFAULT_UPLOAD_IDLE_MS
 } from './defaults.js'
 import { priceTableSchema } from '../billing/prices.js'
 import { KNOWN_MODEL_NAMES } from '../openai/models.js'
@@ -80,7 +81,8 @@ const limitsSchema = z
     jsonBodyBytes: byteCount.default(DEFAULT_JSON_BODY_BYTES),
     jsonEditBodyBytes: byteCount.default(DEFAULT_JSON_EDIT_BODY_BYTES),
     multipartBodyBytes: byteCount.default(DEFAULT_MULTIPART_BODY_BYTES),
-    holdMemoryBytes: byteCount.default(DEFAULT_HOLD_MEMORY_BYTES)
+    holdMemoryBytes: byteCount.default(DEFAULT_HOLD_MEMORY_BYTES),
+    uploadIdleMs: positiveInt.default(DEFAULT_UPLOAD_IDLE_MS)
   })
   .strict()
 

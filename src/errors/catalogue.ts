@@ -56,6 +56,11 @@ export const CATALOGUE = {
   },
   image_too_large: { status: 400, type: 'invalid_request_error', when: 'a file is over the model\'s per-file size' },
   too_many_images: { status: 400, type: 'invalid_request_error', when: 'more files than the model takes' },
+  request_timeout: {
+    status: 408,
+    type: 'invalid_request_error',
+    when: 'an upload stalled: nothing arrived for limits.uploadIdleMs'
+  },
   request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap' },
   invalid_api_key: {
     status: 401,

@@ -1,10 +1,15 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { GatewayError } from '../errors/catalogue.js'
+import { safeError } from '../errors/safe-error.js'
+import { StoreUnavailableError } from '../keys/types.js'
 import { ClientClosedError } from '../relay/lifetime.js'
 
-/** Fastify's own errors, in the catalogue's terms. */
-function fromFastify(err: FastifyError): GatewayError | null {
+/** Errors from fastify and from our own lower layers, in the catalogue's terms. */
+function fromKnown(err: FastifyError): GatewayError | null {
+  if (err instanceof StoreUnavailableError) {
+    return new GatewayError('service_unavailable', 'The key store is unavailable right now. Try again shortly.', { cause: err })
+  }
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new GatewayError('request_too_large', 'The request body is over the size this endpoint takes.')
@@ -42,11 +47,11 @@ async function errorHandler(app: FastifyInstance): Promise<void> {
   app.setErrorHandler((err: FastifyError, request, reply) => {
     // A client that left gets no answer, and its leaving is no failure of ours (logged as 499).
     if (err instanceof ClientClosedError || request.raw.socket?.destroyed) return
-    const known = err instanceof GatewayError ? err : fromFastify(err)
+    const known = err instanceof GatewayError ? err : fromKnown(err)
     const error = known ?? new GatewayError('internal_error', 'The gateway failed to handle the request.', { cause: err })
     request.gateway.errorCode = error.code
     if (error.status >= 500) {
-      request.log.error({ err: error.cause ?? error, code: error.code }, 'request failed')
+      request.log.error({ err: safeError(error.cause ?? error), code: error.code }, 'request failed')
     }
     if (reply.sent || reply.raw.headersSent || reply.raw.destroyed) return
     closeIfUnread(request, reply)

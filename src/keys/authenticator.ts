@@ -1,6 +1,6 @@
 import { GatewayError } from '../errors/catalogue.js'
 import { digestOf, looksLikeKey } from './key-material.js'
-import { StoreUnavailableError, type KeyRecord, type KeyStore } from './types.js'
+import type { KeyRecord, KeyStore } from './types.js'
 
 export interface AuthCacheOptions {
   /** How long a found key is trusted without asking the store again. */
@@ -49,6 +49,8 @@ export class Authenticator {
   private readonly options: AuthCacheOptions
   private readonly cache = new Map<string, Entry>()
   private readonly digestById = new Map<string, string>()
+  /** Counts invalidations, so a lookup that raced one does not cache what it read before it. */
+  private epoch = 0
 
   constructor(store: KeyStore, options: AuthCacheOptions = DEFAULT_AUTH_CACHE) {
     this.store = store
@@ -57,6 +59,7 @@ export class Authenticator {
   }
 
   drop(keyId: string): void {
+    this.epoch++
     const digest = this.digestById.get(keyId)
     if (digest === undefined) return
     this.cache.delete(digest)
@@ -86,6 +89,7 @@ export class Authenticator {
       }
     }
     this.stats.misses++
+    const epoch = this.epoch
     let record: KeyRecord | null
     try {
       record = await this.store.findByDigest(digest)
@@ -95,10 +99,11 @@ export class Authenticator {
         return cached.record
       }
       throw new GatewayError('service_unavailable', 'The gateway cannot check keys right now. Try again shortly.', {
-        cause: err instanceof StoreUnavailableError ? err.cause : err
+        cause: err
       })
     }
-    this.remember(digest, record, nowMs)
+    // Read before an update or revocation that arrived meanwhile: usable once, not cached.
+    if (this.epoch === epoch) this.remember(digest, record, nowMs)
     return record
   }
 

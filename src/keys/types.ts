@@ -109,7 +109,10 @@ export interface KeyStore {
 /** The store could not answer (Redis down, frozen or timing out): callers answer 503, never 401. */
 export class StoreUnavailableError extends Error {
   constructor(cause: unknown) {
-    super('the key store is unavailable', { cause })
+    // Only the cause's name and message are kept: ioredis errors carry the command's arguments
+    // (a key's digest among them), which must not reach a log line.
+    const summary = cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause)
+    super(`the key store is unavailable (${summary})`)
     this.name = 'StoreUnavailableError'
   }
 }

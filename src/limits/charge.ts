@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
-import type { KeyRecord, KeyStore, UsageDelta } from '../keys/types.js'
+import { StoreUnavailableError, type KeyRecord, type KeyStore, type UsageDelta } from '../keys/types.js'
+import { safeError } from '../errors/safe-error.js'
 import type { Endpoint } from '../openai/models.js'
 import type { Fields } from '../openai/validate.js'
 import { overBudget, rateLimited } from './headers.js'
@@ -130,8 +131,10 @@ export class Meter {
   /** @internal */
   settle(settlement: Settlement, local: LocalLimits | null): void {
     local?.release(settlement.ticket)
-    this.options.store.settle(settlement.keyId, settlement.ticket, settlement.usage, settlement.nowMs).catch(() => {
-      this.enqueue(settlement)
+    this.options.store.settle(settlement.keyId, settlement.ticket, settlement.usage, settlement.nowMs).catch((err: unknown) => {
+      // Only an unreachable store is worth waiting for; anything else would fail the same way forever.
+      if (err instanceof StoreUnavailableError) this.enqueue(settlement)
+      else this.options.log.error({ keyId: settlement.keyId, err: safeError(err) }, 'usage settlement refused by the key store')
     })
   }
 
@@ -154,9 +157,12 @@ export class Meter {
       const next = this.pending[0] as Settlement
       try {
         await this.options.store.settle(next.keyId, next.ticket, next.usage, next.nowMs)
-      } catch {
-        this.retryTimer = setTimeout(() => void this.replay(), SETTLE_RETRY_MS).unref()
-        return
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) {
+          this.retryTimer = setTimeout(() => void this.replay(), SETTLE_RETRY_MS).unref()
+          return
+        }
+        this.options.log.error({ keyId: next.keyId, err: safeError(err) }, 'usage settlement refused by the key store')
       }
       this.pending.shift()
     }
@@ -167,9 +173,16 @@ export class Meter {
     return this.pending.length
   }
 
-  close(): void {
+  /** Stops retrying, after one last attempt at what is still queued. */
+  async close(): Promise<void> {
     if (this.retryTimer !== null) clearTimeout(this.retryTimer)
     this.retryTimer = null
+    if (this.pending.length > 0) await this.replay()
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+    this.retryTimer = null
+    if (this.pending.length > 0) {
+      this.options.log.warn({ settlements: this.pending.length }, 'closing with usage settlements the key store never took')
+    }
   }
 }
 
@@ -183,10 +196,11 @@ const NO_USAGE: UsageDelta = { requests: 1, images: 0, inputTokens: 0, outputTok
 /** A top-up ticket only releases what it held; its request is counted on the main ticket. */
 const RELEASE_ONLY: UsageDelta = { ...NO_USAGE, requests: 0 }
 
+/** A token count from the upstream's usage, as a whole number the stores can add (odd values count 0). */
 function tokens(usage: unknown, field: 'input_tokens' | 'output_tokens'): number {
   if (usage === null || typeof usage !== 'object') return 0
   const value = (usage as Record<string, unknown>)[field]
-  return typeof value === 'number' && Number.isFinite(value) ? value : 0
+  return typeof value === 'number' && Number.isFinite(value) && value > 0 ? Math.min(Math.round(value), 2 ** 40) : 0
 }
 
 /** One request's hold on its key's limits; settled exactly once. */
@@ -206,9 +220,10 @@ export class Charge {
     private readonly local: LocalLimits | null
   ) {}
 
-  /** @internal A top-up, settled (released) together with this charge. */
+  /** @internal A top-up, settled (released) together with this charge (at once if that is done). */
   attach(extra: Charge): void {
-    this.extras.push(extra)
+    if (this.settled) extra.finish(RELEASE_ONLY)
+    else this.extras.push(extra)
   }
 
   private get totalReservedMicroUsd(): number {

@@ -19,6 +19,8 @@ export interface FileFacts {
   size: number
   probe: ImageProbe
   ended: boolean
+  /** Its type and dimensions passed the routed model's rules (only its size is still watched). */
+  judged: boolean
 }
 
 interface Routed {
@@ -101,7 +103,8 @@ export class FormInspector implements ScannerEvents, Fields {
       contentType: part.contentType,
       size: 0,
       probe: new ImageProbe(),
-      ended: false
+      ended: false,
+      judged: false
     }
     this.files.push(facts)
     this.current = { kind: 'file', facts }
@@ -205,7 +208,7 @@ export class FormInspector implements ScannerEvents, Fields {
         { param }
       )
     }
-    if (!facts.probe.done && !facts.ended) return
+    if (facts.judged || (!facts.probe.done && !facts.ended)) return
     const probed = facts.probe.result()
     const formats: readonly string[] = isMask ? ['png'] : files.imageFormats
     if (probed.format === null || !formats.includes(probed.format)) {
@@ -217,6 +220,7 @@ export class FormInspector implements ScannerEvents, Fields {
       )
     }
     this.checkDimensions(facts, routed)
+    facts.judged = true
   }
 
   private checkDimensions(facts: FileFacts, routed: Routed): void {

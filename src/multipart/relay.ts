@@ -11,6 +11,8 @@ export interface RelayOptions {
   boundary: string
   maxBodyBytes: number
   holdMemoryBytes: number
+  /** An upload that sends nothing for this long is failed (408), so it cannot hold an upstream call open. */
+  idleTimeoutMs: number
 }
 
 /** How the upstream body differs from the client's: the `model` value swapped, or a model part added. */
@@ -23,8 +25,8 @@ interface Rewrite {
 type Mode = 'holding' | 'routing' | 'streaming' | 'failed'
 
 const UPSTREAM_BODY_HIGH_WATER_MARK = 64 * 1024
-/** After refusing an upload, what we still read so the client sees our answer, before cutting it off. */
-const DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
+/** After refusing an upload, what we read past the body cap before cutting the client off. */
+const DRAIN_PAST_CAP_BYTES = 8 * 1024 * 1024
 
 /**
  * Carries one multipart upload from the client to the upstream, byte for byte. A scanner reads the
@@ -52,6 +54,8 @@ export class MultipartRelay {
   private resolveRoutable!: () => void
   private rejectRoutable!: (err: GatewayError) => void
   private spoolWrites = 0
+  private endPushed = false
+  private idleTimer: NodeJS.Timeout | null = null
   private endGate: (() => Promise<void>) | null = null
   private gating = false
 
@@ -72,10 +76,31 @@ export class MultipartRelay {
     source.on('data', (chunk: Buffer) => this.onData(chunk))
     source.once('end', () => this.onEnd())
     source.once('error', () => this.onSourceError())
+    this.idleTimer = setTimeout(() => this.onIdle(), options.idleTimeoutMs).unref()
+  }
+
+  /**
+   * Silence from the client counts only while we are waiting for its bytes; a source we paused
+   * ourselves (backpressure, routing, the end gate) is not the client's doing.
+   */
+  private onIdle(): void {
+    this.idleTimer = null
+    if (this.sourceEnded || this.mode === 'failed') return
+    if (this.source.isPaused()) {
+      this.idleTimer = setTimeout(() => this.onIdle(), this.options.idleTimeoutMs).unref()
+      return
+    }
+    // The 408 goes out with Connection: close, which ends the connection once it is written.
+    this.fail(new GatewayError('request_timeout', `The upload sent nothing for ${this.options.idleTimeoutMs / 1000} s.`))
   }
 
   get failed(): GatewayError | null {
     return this.failure
+  }
+
+  /** Every byte of the upstream body has been handed over (the upstream may have the whole request). */
+  get bodyEnded(): boolean {
+    return this.output?.readableEnded === true || this.endPushed
   }
 
   onFailure(listener: (err: GatewayError) => void): void {
@@ -84,6 +109,7 @@ export class MultipartRelay {
 
   private onData(chunk: Buffer): void {
     if (this.mode === 'failed') return
+    this.idleTimer?.refresh()
     this.bytesIn += chunk.length
     if (this.bytesIn > this.options.maxBodyBytes) {
       this.fail(new GatewayError('request_too_large', `The request body is over ${this.options.maxBodyBytes} bytes.`))
@@ -141,7 +167,7 @@ export class MultipartRelay {
         this.gating = false
         if (this.mode === 'failed' || this.output === null) return
         const more = this.output.push(chunk)
-        if (this.sourceEnded) this.output.push(null)
+        if (this.sourceEnded) this.endOutput()
         else if (more) this.source.resume()
       },
       (err: unknown) => {
@@ -158,6 +184,7 @@ export class MultipartRelay {
 
   private onEnd(): void {
     this.sourceEnded = true
+    this.stopIdleTimer()
     if (this.mode === 'failed' || this.gating) return
     try {
       this.scanner.end()
@@ -165,7 +192,12 @@ export class MultipartRelay {
       this.fail(asGatewayError(err))
       return
     }
-    if (this.mode === 'streaming' && this.replay === null) this.output?.push(null)
+    if (this.mode === 'streaming' && this.replay === null) this.endOutput()
+  }
+
+  private endOutput(): void {
+    this.endPushed = true
+    this.output?.push(null)
   }
 
   private onSourceError(): void {
@@ -240,7 +272,7 @@ export class MultipartRelay {
       if (this.mode === 'failed') return
       this.mode = 'streaming'
       void this.spool.dispose()
-      if (this.sourceEnded) output.push(null)
+      if (this.sourceEnded) this.endOutput()
       else this.source.resume()
     })
     return output
@@ -259,20 +291,28 @@ export class MultipartRelay {
     this.drain()
   }
 
-  /** Reads and drops what the client still sends, so it can read our answer instead of a reset. */
+  /**
+   * Reads and drops what the client still sends, so it reads our answer instead of a reset: any
+   * upload within the body cap is read to its end; past the cap (plus a margin) the client is cut off.
+   */
   private drain(): void {
     if (this.sourceEnded) return
-    let drained = 0
     this.source.removeAllListeners('data')
     this.source.on('data', (chunk: Buffer) => {
-      drained += chunk.length
-      if (drained > DRAIN_LIMIT_BYTES) this.source.destroy()
+      this.bytesIn += chunk.length
+      if (this.bytesIn > this.options.maxBodyBytes + DRAIN_PAST_CAP_BYTES) this.source.destroy()
     })
     this.source.resume()
   }
 
+  private stopIdleTimer(): void {
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer)
+    this.idleTimer = null
+  }
+
   /** Releases what the relay holds; safe to call at any time and more than once. */
   dispose(): void {
+    this.stopIdleTimer()
     this.replay?.destroy()
     void this.spool.dispose()
   }

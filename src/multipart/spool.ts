@@ -57,7 +57,12 @@ export class ByteSpool {
   private async openFile(): Promise<FileHandle> {
     const path = join(this.directory, `image-gateway-${randomBytes(12).toString('hex')}.spool`)
     const handle = await open(path, 'wx+', 0o600)
-    await unlink(path)
+    try {
+      await unlink(path)
+    } catch (err) {
+      await handle.close().catch(() => undefined)
+      throw err
+    }
     return handle
   }
 
@@ -90,6 +95,8 @@ export class ByteSpool {
     this.memory.length = 0
     const file = this.file
     this.file = null
-    if (file !== null) await (await file).close().catch(() => undefined)
+    // The file may never have opened (EMFILE, ENOSPC): that failure was the caller's to see.
+    const handle = file === null ? null : await file.catch(() => null)
+    await handle?.close().catch(() => undefined)
   }
 }

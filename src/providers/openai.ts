@@ -12,6 +12,8 @@ export const openaiAdapter: ProviderAdapter = {
     return { origin: base.origin, path: `${base.pathname.replace(/\/+$/, '')}/images/${endpoint}`, headers }
   },
   secrets(config) {
-    return config.apiKey === undefined ? [] : [config.apiKey]
+    // Configured headers may carry credentials too (an api-key for a relay): blank them all out.
+    const headerValues = Object.values(config.headers).filter((value) => value.length >= 8)
+    return config.apiKey === undefined ? headerValues : [config.apiKey, ...headerValues]
   }
 }

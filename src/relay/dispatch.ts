@@ -58,6 +58,8 @@ export interface Dispatch {
   signal: AbortSignal
   /** The request's hold on its key's limits; settled here, whatever happens. */
   charge: Charge | null
+  /** Whether the upstream may have received the whole request (and so started billable work). */
+  wholeRequestSent: () => boolean
 }
 
 /** Sends the request to its deployment and the answer back to the client. */
@@ -74,6 +76,7 @@ export async function dispatch(
     { contentType: job.contentType, contentLength: job.contentLength },
     provider.targets[job.endpoint].headers
   )
+  const abortedBeforeCall = job.signal.aborted
   let upstream
   try {
     upstream = await forward({
@@ -84,7 +87,8 @@ export async function dispatch(
       signal: job.signal
     })
   } catch (err) {
-    if (err instanceof ClientClosedError) job.charge?.abandoned()
+    // A client that left is charged the reservation only if the upstream had the whole request.
+    if (err instanceof ClientClosedError && !abortedBeforeCall && job.wholeRequestSent()) job.charge?.abandoned()
     else job.charge?.failed()
     throw err
   }

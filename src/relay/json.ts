@@ -28,6 +28,8 @@ export async function relayJson(
 ): Promise<void> {
   const body = request.body as JsonBody
   request.gateway.body = { bytesIn: body.raw.length }
+  // Before anything asynchronous: a client that leaves during admission must still abort the call.
+  const lifetime = clientLifetime(reply)
   const fields = jsonFields(body.value)
   const requested = readModel(fields)
   const model = requested ?? defaultModel(endpoint, (name) => fields.get(name) != null)
@@ -42,7 +44,6 @@ export async function relayJson(
     requested === deployment.upstreamModel
       ? body.raw
       : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
-  const lifetime = clientLifetime(reply)
   await dispatch(context.registry, request, reply, {
     endpoint,
     deployment,
@@ -50,6 +51,8 @@ export async function relayJson(
     contentType: 'application/json',
     contentLength: payload.length,
     signal: lifetime.signal,
-    charge
+    charge,
+    // A JSON body goes upstream whole the moment the call is made.
+    wholeRequestSent: () => true
   })
 }

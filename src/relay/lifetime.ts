@@ -14,9 +14,18 @@ export class ClientClosedError extends Error {
  */
 export function clientLifetime(reply: FastifyReply): AbortController {
   const controller = new AbortController()
+  if (clientGone(reply)) {
+    controller.abort(new ClientClosedError())
+    return controller
+  }
   reply.raw.once('close', () => {
     if (reply.raw.writableFinished || controller.signal.aborted) return
     controller.abort(new ClientClosedError())
   })
   return controller
+}
+
+/** The client's connection is already closed ('close' has fired, or will never reach a new listener). */
+export function clientGone(reply: FastifyReply): boolean {
+  return reply.raw.destroyed || reply.raw.socket === null || reply.raw.socket.destroyed
 }

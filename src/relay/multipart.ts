@@ -45,7 +45,8 @@ export async function relayMultipart(
     endpoint,
     boundary,
     maxBodyBytes: limits.multipartBodyBytes,
-    holdMemoryBytes: limits.holdMemoryBytes
+    holdMemoryBytes: limits.holdMemoryBytes,
+    idleTimeoutMs: limits.uploadIdleMs
   })
   request.gateway.body = relay
   reply.raw.once('close', () => relay.dispose())
@@ -73,6 +74,7 @@ export async function relayMultipart(
     contentType,
     contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
     signal: lifetime.signal,
-    charge
+    charge,
+    wholeRequestSent: () => relay.bodyEnded
   })
 }

@@ -5,6 +5,7 @@ import { MAX_UPSTREAM_ERROR_BODY_BYTES } from '../config/defaults.js'
 import { UsageTap } from '../billing/usage-tap.js'
 import { GatewayError, type OpenAIErrorBody } from '../errors/catalogue.js'
 import type { Charge } from '../limits/charge.js'
+import { clientGone } from '../relay/lifetime.js'
 import { clientResponseHeaders } from './headers.js'
 
 export interface AnswerContext {
@@ -157,9 +158,12 @@ function metered(source: Readable, streaming: boolean, reply: FastifyReply, char
   })
   // pipeline: an error or a destroy on either side tears down both (and so the upstream request).
   pipeline(source, tapping, () => undefined)
-  reply.raw.once('close', () => {
-    if (reply.raw.writableFinished) charge.answered(tap.result())
-    else charge.abandoned()
-  })
+  if (clientGone(reply)) charge.abandoned()
+  else {
+    reply.raw.once('close', () => {
+      if (reply.raw.writableFinished) charge.answered(tap.result())
+      else charge.abandoned()
+    })
+  }
   return tapping
 }

@@ -16,7 +16,8 @@ import {
   DEFAULT_LEASE_MS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
-  DEFAULT_PORT
+  DEFAULT_PORT,
+  DEFAULT_UPLOAD_IDLE_MS
 } from '../../src/config/defaults.js'
 import { ConfigError, loadConfig, parseConfig, type Env } from '../../src/config/load.js'
 import { KNOWN_MODEL_NAMES } from '../../src/openai/models.js'
@@ -59,7 +60,8 @@ t.test('the example config loads', async (t) => {
     jsonBodyBytes: 1048576,
     jsonEditBodyBytes: 67108864,
     multipartBodyBytes: 839909376,
-    holdMemoryBytes: 1048576
+    holdMemoryBytes: 1048576,
+    uploadIdleMs: 60000
   })
   t.same(withoutKey.providers, [
     {
@@ -96,7 +98,8 @@ t.test('defaults are filled in', async (t) => {
       jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
       jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
       multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
-      holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES
+      holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES,
+      uploadIdleMs: DEFAULT_UPLOAD_IDLE_MS
     },
     keys: {
       cacheTtlMs: DEFAULT_KEY_CACHE_TTL_MS,
@@ -129,7 +132,8 @@ t.test('defaults are filled in', async (t) => {
     jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
     jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
     multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
-    holdMemoryBytes: 10
+    holdMemoryBytes: 10,
+    uploadIdleMs: DEFAULT_UPLOAD_IDLE_MS
   })
   t.same(partial.providers[0]?.timeouts, { ...DEFAULT_TIMEOUTS, connectMs: 5 }, 'a partial timeouts section')
 })

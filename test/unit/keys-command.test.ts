@@ -297,7 +297,7 @@ t.test('a store that cannot answer: exit 1 with its message', async (t) => {
   }
   const r = await run(store, 'list')
   t.equal(r.code, 1)
-  t.same(r.errors, ['error: the key store is unavailable'])
+  t.same(r.errors, ['error: the key store is unavailable (Error: redis down)'])
 })
 
 t.test('anything else is a bug and is thrown to the caller', async (t) => {
