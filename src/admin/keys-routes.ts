@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
 import { compareByCreation, keyView, parseKeyInput, parseUsageDays, usageView, type KeyView } from '../keys/key-view.js'
 import { StoreUnavailableError, type KeyRecord, type KeyStore } from '../keys/types.js'
+import { bearerToken } from '../http/bearer.js'
 
 export interface AdminKeysOptions {
   store: KeyStore
@@ -14,7 +15,6 @@ interface IdParams {
   id: string
 }
 
-const BEARER = /^Bearer +(\S+) *$/i
 
 function sha256(value: string): Buffer {
   return createHash('sha256').update(value, 'utf8').digest()
@@ -48,7 +48,7 @@ export default async function adminKeysRoutes(app: FastifyInstance, options: Adm
   const tokenDigest = sha256(adminToken)
 
   app.addHook('onRequest', async (request: FastifyRequest) => {
-    const candidate = BEARER.exec(request.headers.authorization ?? '')?.[1]
+    const candidate = bearerToken(request.headers.authorization) ?? undefined
     // Digests of both sides have the same length, so timingSafeEqual never throws and the
     // comparison time says nothing about the token's length or how much of it matched.
     if (candidate === undefined || !timingSafeEqual(sha256(candidate), tokenDigest)) {

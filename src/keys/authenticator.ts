@@ -1,4 +1,5 @@
 import { GatewayError } from '../errors/catalogue.js'
+import { bearerToken } from '../http/bearer.js'
 import { digestOf, looksLikeKey } from './key-material.js'
 import type { KeyRecord, KeyStore } from './types.js'
 
@@ -36,8 +37,6 @@ function checkUsable(record: KeyRecord, nowMs: number): KeyRecord {
   return record
 }
 
-const BEARER = /^Bearer +(\S+) *$/i
-
 /**
  * Turns an Authorization header into a usable key record. Keys are found by their SHA-256 digest
  * (no plaintext at rest, no string comparison), through a small cache that any instance's update
@@ -72,8 +71,8 @@ export class Authenticator {
         "You didn't provide an API key. Provide your gateway key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
       )
     }
-    const candidate = BEARER.exec(authorization)?.[1]
-    if (candidate === undefined || !looksLikeKey(candidate)) throw invalidKey('Incorrect API key provided.')
+    const candidate = bearerToken(authorization)
+    if (candidate === null || !looksLikeKey(candidate)) throw invalidKey('Incorrect API key provided.')
     const record = await this.lookup(digestOf(candidate), nowMs)
     if (record === null) throw invalidKey('Incorrect API key provided.')
     return checkUsable(record, nowMs)

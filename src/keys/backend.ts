@@ -6,11 +6,18 @@ import { MemoryKeyStore } from './memory-store.js'
 import { RedisKeyStore } from './redis-store.js'
 import type { KeyStore } from './types.js'
 
+/** The Redis connection that counters shared by every instance (requests per minute) use. */
+export interface SharedCounters {
+  redis: Redis
+  health: RedisHealth
+  keyPrefix: string
+}
+
 /** Where shared state lives: Redis when configured (any number of instances), else this process. */
 export interface StateBackend {
   store: KeyStore
-  /** The command connection, for the rate limiter's shared counters; null with the in-process store. */
-  shared: { redis: Redis; health: RedisHealth; keyPrefix: string } | null
+  /** null with the in-process store. */
+  shared: SharedCounters | null
   describe: string
 }
 

@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { RedisHealth } from '../redis/health.js'
 import { rateLimited } from './headers.js'
+import type { SharedCounters } from '../keys/backend.js'
 
 /** The store contract @fastify/rate-limit calls (see its store/LocalStore.js). */
 export type RateLimitStore = FastifyRateLimitStore
@@ -90,7 +91,7 @@ const NO_HEADERS = {
  */
 export async function requestsPerMinute(
   app: FastifyInstance,
-  shared: { redis: Redis; health: RedisHealth; keyPrefix: string } | null
+  shared: SharedCounters | null
 ): Promise<void> {
   await app.register(rateLimit, {
     global: true,

@@ -1,18 +1,17 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { Redis } from 'ioredis'
 import { GatewayError } from '../errors/catalogue.js'
 import { invalidJson } from '../http/error-handler.js'
 import type { Endpoint } from '../openai/models.js'
 import { requestsPerMinute } from '../limits/requests-per-minute.js'
-import type { RedisHealth } from '../redis/health.js'
 import type { RelayContext } from '../relay/dispatch.js'
 import { relayJson, type JsonBody } from '../relay/json.js'
 import { relayMultipart } from '../relay/multipart.js'
+import type { SharedCounters } from '../keys/backend.js'
 
 export interface ImageRoutesOptions {
   relay: RelayContext
   /** Where requests per minute are counted across instances; null: in this process. */
-  shared: { redis: Redis; health: RedisHealth; keyPrefix: string } | null
+  shared: SharedCounters | null
 }
 
 function mediaType(request: FastifyRequest): string {
