@@ -135,6 +135,10 @@ t.test('concurrent requests: the slot is released when the answer ends or the cl
     if (!admitted) await new Promise((r) => setTimeout(r, 20))
   }
   t.ok(admitted, 'the slot came back after the client left')
+  // One at a time, and each answer's end frees the slot for the next.
+  for (const prompt of ['fourth', 'fifth']) {
+    t.strictSame((await client.images.generate({ model: 'gpt-image-1', prompt })).data, OK.data, `${prompt}: admitted after the previous answer ended`)
+  }
 })
 
 t.test('budgets: worst case reserved, real cost settled from usage, 429 insufficient_quota when it cannot cover', async (t) => {

@@ -2,7 +2,9 @@ import t, { type Test } from 'tap'
 import { runKeysCommand, KEYS_USAGE } from '../../src/cli/keys-command.js'
 import { digestOf } from '../../src/keys/key-material.js'
 import { MemoryKeyStore } from '../../src/keys/memory-store.js'
-import { StoreUnavailableError } from '../../src/keys/types.js'
+import { RedisKeyStore } from '../../src/keys/redis-store.js'
+import { createRedis } from '../../src/redis/client.js'
+import type { KeyStore } from '../../src/keys/types.js'
 
 /* `image-gateway keys ...` on a MemoryKeyStore, with its output captured. */
 
@@ -14,7 +16,7 @@ interface Run {
   text: string
 }
 
-async function run(store: MemoryKeyStore, ...args: string[]): Promise<Run> {
+async function run(store: KeyStore, ...args: string[]): Promise<Run> {
   const logs: string[] = []
   const errors: string[] = []
   const code = await runKeysCommand(args, store, { log: (line) => logs.push(line), error: (line) => errors.push(line) })
@@ -291,13 +293,13 @@ t.test('errors: messages on error, exit 2 for usage, 1 for not found', async (t)
 })
 
 t.test('a store that cannot answer: exit 1 with its message', async (t) => {
-  const store = new MemoryKeyStore()
-  store.list = async () => {
-    throw new StoreUnavailableError(new Error('redis down'))
-  }
+  // A real Redis store pointed at a port nothing listens on.
+  const store = new RedisKeyStore(createRedis('redis://127.0.0.1:1'), createRedis('redis://127.0.0.1:1', { role: 'subscriber' }))
+  t.teardown(() => store.close())
   const r = await run(store, 'list')
   t.equal(r.code, 1)
-  t.same(r.errors, ['error: the key store is unavailable (Error: redis down)'])
+  t.equal(r.errors.length, 1)
+  t.match(r.errors[0], /^error: the key store is unavailable \(/)
 })
 
 t.test('anything else is a bug and is thrown to the caller', async (t) => {
