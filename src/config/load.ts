@@ -71,7 +71,11 @@ function applyEnvOverrides(raw: unknown, env: Env, problems: string[]): unknown 
   }
   if (env.LOG_LEVEL) server.logLevel = env.LOG_LEVEL
   const out: Record<string, unknown> = { ...doc, server }
-  if (env.REDIS_URL) out.redis = { ...((doc.redis ?? {}) as Record<string, unknown>), url: env.REDIS_URL }
+  if (env.REDIS_URL) {
+    // REDIS_URL replaces the whole target (a url, sentinels or a cluster); the key prefix stays.
+    const { keyPrefix } = (doc.redis ?? {}) as Record<string, unknown>
+    out.redis = keyPrefix === undefined ? { url: env.REDIS_URL } : { url: env.REDIS_URL, keyPrefix }
+  }
   if (env.ADMIN_TOKEN) out.admin = { ...((doc.admin ?? {}) as Record<string, unknown>), token: env.ADMIN_TOKEN }
   return out
 }

@@ -94,13 +94,34 @@ const serverSchema = z
   })
   .strict()
 
+const redisNode = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()
+
+/** One of: a server by URL, a Sentinel-managed primary, or a Redis Cluster. */
 const redisSchema = z
   .object({
-    url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+    url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+    sentinels: z.array(redisNode).min(1).optional(),
+    /** The primary's name as the sentinels know it. */
+    sentinelName: z.string().min(1).optional(),
+    cluster: z.array(redisNode).min(1).optional(),
+    username: z.string().min(1).optional(),
+    password: z.string().min(1).optional(),
     /** Prefix of every Redis key the gateway writes, so several gateways can share one Redis. */
     keyPrefix: z.string().min(1).default('igw:')
   })
   .strict()
+  .superRefine((redis, ctx) => {
+    const given = [redis.url, redis.sentinels, redis.cluster].filter((v) => v !== undefined).length
+    if (given !== 1) {
+      ctx.addIssue({ code: 'custom', message: 'give exactly one of url, sentinels (with sentinelName) or cluster' })
+    }
+    if (redis.sentinels !== undefined && redis.sentinelName === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['sentinelName'], message: 'required with sentinels' })
+    }
+    if (redis.url !== undefined && (redis.username !== undefined || redis.password !== undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['password'], message: 'with url, put the credentials in the URL' })
+    }
+  })
 
 const keysSchema = z
   .object({

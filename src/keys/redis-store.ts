@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import { z } from 'zod'
 import { whenReady } from '../redis/client.js'
 import { newKey, newRecord } from './key-material.js'
@@ -244,7 +244,7 @@ function results(replies: [Error | null, unknown][] | null): unknown[] {
   })
 }
 
-async function shut(client: Redis): Promise<void> {
+async function shut(client: RedisClient): Promise<void> {
   const ended = (): boolean => client.status === 'end'
   if (ended()) return
   let timer: NodeJS.Timeout | undefined
@@ -269,8 +269,8 @@ async function shut(client: Redis): Promise<void> {
  */
 export class RedisKeyStore implements KeyStore {
   readonly kind = 'redis' as const
-  private readonly redis: Redis
-  private readonly subscriber: Redis
+  private readonly redis: RedisClient
+  private readonly subscriber: RedisClient
   private readonly prefix: string
   private readonly channel: string
   private readonly listeners: ((keyId: string) => void)[] = []
@@ -286,7 +286,7 @@ export class RedisKeyStore implements KeyStore {
     }
   }
 
-  constructor(redis: Redis, subscriber: Redis, options: { prefix?: string } = {}) {
+  constructor(redis: RedisClient, subscriber: RedisClient, options: { prefix?: string } = {}) {
     this.redis = redis
     this.subscriber = subscriber
     this.prefix = options.prefix ?? 'igw:'
@@ -338,16 +338,14 @@ export class RedisKeyStore implements KeyStore {
   async create(input: NewKey): Promise<{ record: KeyRecord; key: string }> {
     const material = newKey()
     const record = newRecord(input, material)
-    await this.run(async () =>
-      results(
-        await this.redis
-          .multi()
-          .hset(this.recordKey(record.id), ...encodeRecord(record))
-          .set(this.digestKey(record.digest), record.id)
-          .sadd(this.idsKey, record.id)
-          .exec()
-      )
-    )
+    // Three writes, not one MULTI: in a Redis Cluster they live in three hash slots. The digest
+    // index goes last, so a key is usable only once its record exists (a failure in between
+    // leaves an unreachable record, never a key without one).
+    await this.run(async () => {
+      await this.redis.hset(this.recordKey(record.id), ...encodeRecord(record))
+      await this.redis.sadd(this.idsKey, record.id)
+      await this.redis.set(this.digestKey(record.digest), record.id)
+    })
     return { record, key: material.key }
   }
 
@@ -367,11 +365,11 @@ export class RedisKeyStore implements KeyStore {
     return this.run(async () => {
       const ids = await this.redis.smembers(this.idsKey)
       if (ids.length === 0) return []
-      const pipeline = this.redis.pipeline()
-      for (const id of ids) pipeline.hgetall(this.recordKey(id))
+      // One command per record: a Cluster pipeline may not span hash slots.
+      const hashes = await Promise.all(ids.map((id) => this.redis.hgetall(this.recordKey(id))))
       const records: KeyRecord[] = []
-      for (const hash of results(await pipeline.exec())) {
-        const record = decodeRecord(hash as Record<string, string>)
+      for (const hash of hashes) {
+        const record = decodeRecord(hash)
         if (record !== null) records.push(record)
       }
       return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))

@@ -6,7 +6,7 @@ import rateLimit, {
 import LocalStore from '@fastify/rate-limit/store/LocalStore.js'
 import RedisStore from '@fastify/rate-limit/store/RedisStore.js'
 import type { FastifyInstance } from 'fastify'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { RedisHealth } from '../redis/health.js'
 import { rateLimited } from './headers.js'
 import type { SharedCounters } from '../keys/backend.js'
@@ -57,7 +57,7 @@ class FallbackStore implements RateLimitStore {
   }
 }
 
-function fallbackStoreClass(redis: Redis, health: RedisHealth, keyPrefix: string): FastifyRateLimitStoreCtor {
+function fallbackStoreClass(redis: RedisClient, health: RedisHealth, keyPrefix: string): FastifyRateLimitStoreCtor {
   return class implements RateLimitStore {
     private readonly inner: FallbackStore
     constructor(params: FastifyRateLimitOptions) {

@@ -1,6 +1,20 @@
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 
 export type RedisRole = 'commands' | 'subscriber'
+
+export interface RedisNode {
+  host: string
+  port: number
+}
+
+/** Where Redis is: one server by URL, a Sentinel-managed primary, or a Redis Cluster. */
+export type RedisTarget =
+  | { url: string }
+  | { sentinels: RedisNode[]; sentinelName: string; username?: string; password?: string }
+  | { cluster: RedisNode[]; username?: string; password?: string }
+
+/** A client of any of the three; their command methods are the same. */
+export type RedisClient = Redis | Cluster
 
 /** A frozen Redis keeps its socket open, so only a client-side deadline ends a command. */
 const COMMAND_TIMEOUT_MS = 300
@@ -24,10 +38,11 @@ export function reconnectDelay(attempt: number): number {
  * queue, because a SUBSCRIBE issued before the first connection would otherwise be dropped and
  * never resubscribed.
  */
-export function createRedis(url: string, options: { role: RedisRole } = { role: 'commands' }): Redis {
-  if (!/^rediss?:\/\//i.test(url)) {
-    throw new TypeError('a Redis URL starts with redis:// or rediss://')
-  }
+export function createRedis(
+  target: string | RedisTarget,
+  options: { role: RedisRole } = { role: 'commands' }
+): RedisClient {
+  const where: RedisTarget = typeof target === 'string' ? { url: target } : target
   const common: RedisOptions = {
     connectTimeout: CONNECT_TIMEOUT_MS,
     retryStrategy: reconnectDelay,
@@ -38,11 +53,35 @@ export function createRedis(url: string, options: { role: RedisRole } = { role: 
     options.role === 'subscriber'
       ? { ...common, enableOfflineQueue: true, maxRetriesPerRequest: null, autoResubscribe: true, connectionName: 'igw-subscriber' }
       : { ...common, commandTimeout: COMMAND_TIMEOUT_MS, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'igw-commands' }
-  const redis = new Redis(url, role)
+  let client: RedisClient
+  if ('url' in where) {
+    if (!/^rediss?:\/\//i.test(where.url)) throw new TypeError('a Redis URL starts with redis:// or rediss://')
+    client = new Redis(where.url, role)
+  } else if ('sentinels' in where) {
+    client = new Redis({
+      ...role,
+      sentinels: where.sentinels,
+      name: where.sentinelName,
+      sentinelRetryStrategy: reconnectDelay,
+      ...(where.username === undefined ? {} : { username: where.username }),
+      ...(where.password === undefined ? {} : { password: where.password })
+    })
+  } else {
+    const auth = {
+      ...(where.username === undefined ? {} : { username: where.username }),
+      ...(where.password === undefined ? {} : { password: where.password })
+    }
+    const cluster: ClusterOptions = {
+      clusterRetryStrategy: reconnectDelay,
+      enableOfflineQueue: role.enableOfflineQueue ?? false,
+      redisOptions: { ...role, ...auth }
+    }
+    client = new Cluster(where.cluster, cluster)
+  }
   // Failures reach callers as rejected commands; without a listener ioredis prints every
   // reconnect error to stderr, once per attempt, for as long as Redis is down.
-  redis.on('error', () => {})
-  return redis
+  client.on('error', () => {})
+  return client
 }
 
 /**
@@ -50,7 +89,7 @@ export function createRedis(url: string, options: { role: RedisRole } = { role: 
  * (so the first commands after startup or a reconnect are not refused); one that is waiting to
  * retry a refused connection, or was closed, is refused at once.
  */
-export function whenReady(redis: Redis, waitMs = READY_WAIT_MS): Promise<void> {
+export function whenReady(redis: RedisClient, waitMs = READY_WAIT_MS): Promise<void> {
   const status = redis.status
   if (status === 'ready') return Promise.resolve()
   if (status !== 'wait' && status !== 'connecting' && status !== 'connect') {

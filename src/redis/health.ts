@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './client.js'
 
 /** After a failed command, Redis is skipped this long (a frozen Redis keeps its socket open). */
 const SKIP_AFTER_FAILURE_MS = 1_000
@@ -8,10 +8,10 @@ const SKIP_AFTER_FAILURE_MS = 1_000
  * Redis that is down or just failed, instead of waiting a command timeout on every request.
  */
 export class RedisHealth {
-  private readonly redis: Redis
+  private readonly redis: RedisClient
   private lastFailureMs = -Infinity
 
-  constructor(redis: Redis) {
+  constructor(redis: RedisClient) {
     this.redis = redis
   }
 

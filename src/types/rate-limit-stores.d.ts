@@ -6,8 +6,8 @@ declare module '@fastify/rate-limit/store/LocalStore.js' {
 }
 
 declare module '@fastify/rate-limit/store/RedisStore.js' {
-  import type { Redis } from 'ioredis'
+  import type { RedisClient } from '../redis/client.js'
   import type { RateLimitStore } from '../limits/requests-per-minute.js'
-  const RedisStore: new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis, key?: string) => RateLimitStore
+  const RedisStore: new (continueExceeding: boolean, exponentialBackoff: boolean, redis: RedisClient, key?: string) => RateLimitStore
   export default RedisStore
 }

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { RedisKeyStore } from '../../src/keys/redis-store.js'
 import { StoreUnavailableError } from '../../src/keys/types.js'
-import { createRedis } from '../../src/redis/client.js'
+import { createRedis, type RedisClient } from '../../src/redis/client.js'
 import { admission, keyStoreSuite, usage, waitFor } from '../helpers/key-store-suite.js'
 import { startRedis, type TestRedis } from '../helpers/redis.js'
 
@@ -19,8 +19,8 @@ function freshPrefix(redis: TestRedis): string {
 interface Opened {
   prefix: string
   store: RedisKeyStore
-  commands: Redis
-  subscriber: Redis
+  commands: RedisClient
+  subscriber: RedisClient
 }
 
 function open(redis: TestRedis, prefix: string): Opened {
@@ -38,7 +38,7 @@ async function answers(store: RedisKeyStore): Promise<boolean> {
   }
 }
 
-async function subscribers(client: Redis, channel: string): Promise<number> {
+async function subscribers(client: RedisClient, channel: string): Promise<number> {
   try {
     const reply = (await client.pubsub('NUMSUB', channel)) as unknown[]
     return Number(reply[1])
@@ -167,12 +167,12 @@ t.test('a Redis that is not there refuses fast', ownServer, async (t) => {
 
 t.test('createRedis takes only redis:// and rediss:// URLs', async (t) => {
   t.throws(() => createRedis('http://127.0.0.1:6379'), TypeError)
-  const tls = createRedis('rediss://127.0.0.1:1', { role: 'commands' })
+  const tls = createRedis('rediss://127.0.0.1:1', { role: 'commands' }) as Redis
   t.ok(tls.options.tls, 'rediss:// turns TLS on')
   t.equal(tls.options.commandTimeout, 300)
   t.equal(tls.options.enableOfflineQueue, false)
   tls.disconnect()
-  const sub = createRedis('redis://127.0.0.1:1', { role: 'subscriber' })
+  const sub = createRedis('redis://127.0.0.1:1', { role: 'subscriber' }) as Redis
   t.equal(sub.options.commandTimeout, undefined, 'a subscriber has no command deadline')
   sub.disconnect()
 })

@@ -363,3 +363,16 @@ t.test('loadConfig on a missing file', async (t) => {
   t.same((caught as ConfigError).problems, ['cannot read the file: ENOENT'])
   t.equal((caught as ConfigError).message, `invalid configuration in ${missing}:\n  - cannot read the file: ENOENT`)
 })
+
+t.test('redis: exactly one of url, sentinels or cluster; REDIS_URL replaces the target', async (t) => {
+  const withRedis = (section: string): string => `${MINIMAL}redis:\n${section}`
+  const sentinel = parseConfig(withRedis('  sentinels: [{ host: 127.0.0.1, port: 26379 }]\n  sentinelName: main\n'), {}, 't.yaml')
+  t.match(sentinel.redis, { sentinels: [{ host: '127.0.0.1', port: 26379 }], sentinelName: 'main', keyPrefix: 'igw:' })
+  t.same(problemsOf(withRedis('  sentinels: [{ host: 127.0.0.1, port: 26379 }]\n')), ['redis.sentinelName: required with sentinels'])
+  t.same(problemsOf(withRedis('  url: redis://a:6379\n  cluster: [{ host: b, port: 7000 }]\n')), [
+    'redis: give exactly one of url, sentinels (with sentinelName) or cluster'
+  ])
+  t.same(problemsOf(withRedis('  url: redis://a:6379\n  password: secret-pass\n')), ['redis.password: with url, put the credentials in the URL'])
+  const overridden = parseConfig(withRedis('  cluster: [{ host: b, port: 7000 }]\n  keyPrefix: "gw2:"\n'), { REDIS_URL: 'redis://c:6380' }, 't.yaml')
+  t.same(overridden.redis, { url: 'redis://c:6380', keyPrefix: 'gw2:' })
+})
