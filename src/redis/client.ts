@@ -71,10 +71,14 @@ export function createRedis(
       ...(where.username === undefined ? {} : { username: where.username }),
       ...(where.password === undefined ? {} : { password: where.password })
     }
+    // Per-node options may not carry lazyConnect, retryStrategy or enableOfflineQueue: the cluster
+    // manages its node connections itself (lazyConnect: false there made about a quarter of new
+    // clients fail their ready check and reconnect, refusing the first commands).
+    const { lazyConnect: _lazy, retryStrategy: _retry, enableOfflineQueue, ...nodeOptions } = role
     const cluster: ClusterOptions = {
       clusterRetryStrategy: reconnectDelay,
-      enableOfflineQueue: role.enableOfflineQueue ?? false,
-      redisOptions: { ...role, ...auth }
+      enableOfflineQueue: enableOfflineQueue ?? false,
+      redisOptions: { ...nodeOptions, ...auth }
     }
     client = new Cluster(where.cluster, cluster)
   }

@@ -43,8 +43,8 @@ export interface GatewayOptions {
   models?: ModelSpec[]
   limits?: Partial<Config['limits']>
   timeouts?: Partial<{ connectMs: number; headersMs: number; bodyIdleMs: number }>
-  /** Share state through this Redis (tests with several instances). */
-  redis?: { url: string; keyPrefix: string }
+  /** Share state through this Redis (tests with several instances): the config's `redis` section. */
+  redis?: { keyPrefix: string } & ({ url: string } | { sentinels: { host: string; port: number }[]; sentinelName: string } | { cluster: { host: string; port: number }[] })
   adminToken?: string
   keys?: Partial<Config['keys']>
   /** Extra config sections, as in the YAML file (e.g. `prices`). */
