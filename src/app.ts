@@ -4,6 +4,7 @@ import { priceCostModel } from './billing/cost-model.js'
 import type { Config } from './config/schema.js'
 import auth from './http/auth.js'
 import errorHandler from './http/error-handler.js'
+import healthRoutes from './http/health.js'
 import requestContext, { requestId } from './http/request-context.js'
 import { Authenticator } from './keys/authenticator.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
@@ -49,6 +50,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   const meter = new Meter({ store: backend.store, costs: priceCostModel(config.prices), leaseMs: config.keys.leaseMs, log: app.log })
   app.decorate('registry', registry)
   app.decorate('keys', { backend, authenticator, meter })
+  app.decorate('lifecycle', { draining: false })
   app.addHook('onClose', async () => {
     await meter.close()
     await Promise.all([registry.close(), backend.store.close()])
@@ -63,5 +65,6 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   await app.register(modelRoutes, { registry })
   await app.register(billingRoutes, { store: backend.store })
   await app.register(adminKeyRoutes, { store: backend.store, adminToken: config.admin.token })
+  await app.register(healthRoutes, { store: backend.store })
   return app
 }

@@ -4,6 +4,7 @@ import { buildApp } from './app.js'
 import { loadConfig, type Env } from './config/load.js'
 import { looksLikeKey, newKey } from './keys/key-material.js'
 import { MemoryKeyStore } from './keys/memory-store.js'
+import { shutdown } from './lifecycle.js'
 import { createLogger } from './logging.js'
 import { safeError } from './errors/safe-error.js'
 
@@ -28,11 +29,14 @@ export async function startServer(env: Env): Promise<void> {
   const close = (signal: string): void => {
     if (closing) return
     closing = true
-    logger.info({ signal }, 'closing')
-    app.close().then(
-      () => process.exit(0),
+    logger.info({ signal, graceMs: config.server.shutdownGraceMs }, 'draining')
+    shutdown(app, config.server.shutdownGraceMs).then(
+      (outcome) => {
+        logger.info({ outcome }, 'closed')
+        process.exit(0)
+      },
       (err: unknown) => {
-        logger.error({ err }, 'close failed')
+        logger.error({ err: safeError(err) }, 'close failed')
         process.exit(1)
       }
     )

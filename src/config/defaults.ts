@@ -4,6 +4,8 @@
  */
 export const DEFAULT_HOST = '127.0.0.1'
 export const DEFAULT_PORT = 8080
+/** On SIGTERM, how long in-flight image calls (minutes-long ones included) may run before being cut. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 120_000
 
 /** TCP + TLS setup to an upstream. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000

@@ -14,6 +14,7 @@ import {
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT,
+  DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_UPLOAD_IDLE_MS
 } from './defaults.js'
 import { priceTableSchema } from '../billing/prices.js'
@@ -90,7 +91,8 @@ const serverSchema = z
   .object({
     host: z.string().min(1).default(DEFAULT_HOST),
     port: z.number().int().min(0).max(65535).default(DEFAULT_PORT),
-    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    shutdownGraceMs: positiveInt.default(DEFAULT_SHUTDOWN_GRACE_MS)
   })
   .strict()
 

@@ -17,6 +17,7 @@ import {
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT,
+  DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_UPLOAD_IDLE_MS
 } from '../../src/config/defaults.js'
 import { ConfigError, loadConfig, parseConfig, type Env } from '../../src/config/load.js'
@@ -55,7 +56,7 @@ const DEFAULT_TIMEOUTS = {
 t.test('the example config loads', async (t) => {
   const withoutKey = loadConfig(examplePath, {})
   t.equal(withoutKey.providers[0]?.apiKey, undefined, 'an unset OPENAI_API_KEY means no key (not "")')
-  t.same(withoutKey.server, { host: '127.0.0.1', port: 8080, logLevel: 'info' })
+  t.same(withoutKey.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS })
   t.same(withoutKey.limits, {
     jsonBodyBytes: 1048576,
     jsonEditBodyBytes: 67108864,
@@ -93,7 +94,7 @@ t.test('the example config loads', async (t) => {
 t.test('defaults are filled in', async (t) => {
   const config = parseConfig(MINIMAL, {}, 'test.yaml')
   t.same(config, {
-    server: { host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info' },
+    server: { host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS },
     limits: {
       jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
       jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
@@ -127,7 +128,7 @@ t.test('defaults are filled in', async (t) => {
     {},
     'test.yaml'
   )
-  t.same(partial.server, { host: DEFAULT_HOST, port: 9999, logLevel: 'info' }, 'a partial server section')
+  t.same(partial.server, { host: DEFAULT_HOST, port: 9999, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS }, 'a partial server section')
   t.same(partial.limits, {
     jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
     jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
@@ -302,17 +303,19 @@ t.test('YAML syntax errors', async (t) => {
 
 t.test('HOST, PORT and LOG_LEVEL override the server section', async (t) => {
   const text = `server:\n  host: 10.0.0.1\n  port: 1234\n  logLevel: warn\n${MINIMAL}`
-  t.same(parseConfig(text, {}, 'test.yaml').server, { host: '10.0.0.1', port: 1234, logLevel: 'warn' })
+  t.same(parseConfig(text, {}, 'test.yaml').server, { host: '10.0.0.1', port: 1234, logLevel: 'warn', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS })
   t.same(parseConfig(text, { HOST: '0.0.0.0', PORT: '9090', LOG_LEVEL: 'debug' }, 'test.yaml').server, {
     host: '0.0.0.0',
     port: 9090,
-    logLevel: 'debug'
+    logLevel: 'debug',
+    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS
   })
   t.same(parseConfig(MINIMAL, { PORT: '0' }, 'test.yaml').server.port, 0, 'port 0 (any free port)')
   t.same(parseConfig(text, { PORT: '', HOST: '', LOG_LEVEL: '' }, 'test.yaml').server, {
     host: '10.0.0.1',
     port: 1234,
-    logLevel: 'warn'
+    logLevel: 'warn',
+    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS
   }, 'empty variables change nothing')
   for (const port of ['abc', '65536', '-1', '80.5']) {
     t.same(problemsOf(text, { PORT: port }), [`PORT: "${port}" is not a port number`], `PORT=${port}`)
