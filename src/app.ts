@@ -5,6 +5,7 @@ import type { Config } from './config/schema.js'
 import auth from './http/auth.js'
 import errorHandler from './http/error-handler.js'
 import healthRoutes from './http/health.js'
+import metricsRoutes from './http/metrics.js'
 import requestContext, { requestId } from './http/request-context.js'
 import { Authenticator } from './keys/authenticator.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
@@ -66,5 +67,6 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   await app.register(billingRoutes, { store: backend.store })
   await app.register(adminKeyRoutes, { store: backend.store, adminToken: config.admin.token })
   await app.register(healthRoutes, { store: backend.store })
+  await app.register(metricsRoutes, { models: new Set(registry.models.keys()), authenticator })
   return app
 }

@@ -34,6 +34,14 @@ export function invalidJson(): GatewayError {
   )
 }
 
+/** Which limit a 429 of ours is about, from the headers it carries (x-ratelimit-limit-<limit>). */
+function limitOf(error: GatewayError): string | null {
+  if (error.code === 'insufficient_quota') return 'budget'
+  if (error.code !== 'rate_limit_exceeded') return null
+  const header = Object.keys(error.headers).find((name) => name.startsWith('x-ratelimit-limit-'))
+  return header === undefined ? null : header.slice('x-ratelimit-limit-'.length)
+}
+
 /** Clients read an error only if we stop waiting for the rest of an upload they are still sending. */
 function closeIfUnread(request: FastifyRequest, reply: FastifyReply): void {
   if (!request.raw.complete) reply.header('connection', 'close')
@@ -50,6 +58,7 @@ async function errorHandler(app: FastifyInstance): Promise<void> {
     const known = err instanceof GatewayError ? err : fromKnown(err)
     const error = known ?? new GatewayError('internal_error', 'The gateway failed to handle the request.', { cause: err })
     request.gateway.errorCode = error.code
+    request.gateway.limit = limitOf(error)
     if (error.status >= 500) {
       request.log.error({ err: safeError(error.cause ?? error), code: error.code }, 'request failed')
     }

@@ -17,12 +17,41 @@ export interface RequestContext {
   /** The client left before the answer was complete (logged as status 499). */
   clientClosed: boolean
   startedAt: number
+  /** When the answer began to go out (its headers), for time to first byte. */
+  firstByteAt: number | null
+  /** Images in the answer, when the answer was read for them. */
+  images: number | null
+  /** Which limit refused the request (requests, images, concurrency, budget), if one did. */
+  limit: string | null
   logged: boolean
+}
+
+/** One finished request, as logged and as counted in metrics. */
+export interface RequestSummary {
+  method: string
+  route: string | null
+  status: number
+  keyId: string | null
+  model: string | null
+  deployment: string | null
+  upstreamStatus: number | null
+  upstreamRequestId: string | null
+  errorCode: string | null
+  limit: string | null
+  images: number | null
+  bytesIn: number
+  bytesOut: number
+  durationMs: number
+  firstByteMs: number | null
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
     gateway: RequestContext
+  }
+  interface FastifyInstance {
+    /** Called with every finished request (after its log line), e.g. by the metrics. */
+    requestDone: ((summary: RequestSummary) => void)[]
   }
 }
 
@@ -35,30 +64,36 @@ export function requestId(request: { headers: Record<string, string | string[] |
   return `req_${randomUUID().replaceAll('-', '')}`
 }
 
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10
+}
+
 /** The request's one log line; written once, when the answer finished or the client left. */
-function logRequest(request: FastifyRequest, reply: FastifyReply): void {
+function finishRequest(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply): void {
   const context = request.gateway
   if (context.logged) return
   context.logged = true
-  // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
-  const bytesOut = (request.raw.socket?.bytesWritten ?? 0) - context.socketBytesWrittenAtStart
-  request.log.info(
-    {
-      method: request.method,
-      route: request.routeOptions.url ?? null,
-      status: context.clientClosed ? 499 : reply.statusCode,
-      keyId: request.apiKey?.id ?? null,
-      model: context.model,
-      deployment: context.deployment,
-      upstreamStatus: context.upstreamStatus,
-      upstreamRequestId: context.upstreamRequestId,
-      errorCode: context.errorCode,
-      bytesIn: context.body?.bytesIn ?? 0,
-      bytesOut: Math.max(0, bytesOut),
-      durationMs: Math.round((performance.now() - context.startedAt) * 10) / 10
-    },
-    'request'
-  )
+  const now = performance.now()
+  const summary: RequestSummary = {
+    method: request.method,
+    route: request.routeOptions.url ?? null,
+    status: context.clientClosed ? 499 : reply.statusCode,
+    keyId: request.apiKey?.id ?? null,
+    model: context.model,
+    deployment: context.deployment,
+    upstreamStatus: context.upstreamStatus,
+    upstreamRequestId: context.upstreamRequestId,
+    errorCode: context.errorCode,
+    limit: context.limit,
+    images: context.images,
+    bytesIn: context.body?.bytesIn ?? 0,
+    // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
+    bytesOut: Math.max(0, (request.raw.socket?.bytesWritten ?? 0) - context.socketBytesWrittenAtStart),
+    durationMs: round(now - context.startedAt),
+    firstByteMs: context.firstByteAt === null ? null : round(context.firstByteAt - context.startedAt)
+  }
+  request.log.info(summary, 'request')
+  for (const listener of app.requestDone) listener(summary)
 }
 
 /**
@@ -67,6 +102,7 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
  */
 async function requestContext(app: FastifyInstance): Promise<void> {
   app.decorateRequest('gateway', null as unknown as RequestContext)
+  app.decorate('requestDone', [])
 
   app.addHook('onRequest', async (request, reply) => {
     request.gateway = {
@@ -79,6 +115,9 @@ async function requestContext(app: FastifyInstance): Promise<void> {
       errorCode: null,
       clientClosed: false,
       startedAt: performance.now(),
+      firstByteAt: null,
+      images: null,
+      limit: null,
       logged: false
     }
     reply.header('x-request-id', request.id)
@@ -87,11 +126,15 @@ async function requestContext(app: FastifyInstance): Promise<void> {
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) return
       request.gateway.clientClosed = true
-      logRequest(request, reply)
+      finishRequest(app, request, reply)
     })
   })
 
-  app.addHook('onResponse', async (request, reply) => logRequest(request, reply))
+  app.addHook('onSend', async (request) => {
+    request.gateway.firstByteAt ??= performance.now()
+  })
+
+  app.addHook('onResponse', async (request, reply) => finishRequest(app, request, reply))
 }
 
 export default fp(requestContext, { name: 'request-context' })

@@ -154,6 +154,11 @@ function metered(source: Readable, streaming: boolean, reply: FastifyReply, char
     transform(chunk: Buffer, _encoding, callback) {
       tap.push(chunk)
       callback(null, chunk)
+    },
+    // The whole answer has been read: its image count is known before the log line is written.
+    flush(callback) {
+      reply.request.gateway.images = tap.result().imagesReturned
+      callback()
     }
   })
   // pipeline: an error or a destroy on either side tears down both (and so the upstream request).
