@@ -130,8 +130,10 @@ async function requestContext(app: FastifyInstance): Promise<void> {
     })
   })
 
-  app.addHook('onSend', async (request) => {
+  // Callback style: this runs on every answer, and an async hook would cost a promise each time.
+  app.addHook('onSend', (request, _reply, payload, done) => {
     request.gateway.firstByteAt ??= performance.now()
+    done(null, payload)
   })
 
   app.addHook('onResponse', async (request, reply) => finishRequest(app, request, reply))
