@@ -29,7 +29,9 @@ function leafPaths(schema: z.core.$ZodType, prefix: string): string[] {
 
 t.test('the README configuration table lists exactly the keys of the config schema', async (t) => {
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8')
-  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Logs'))
+  const start = readme.indexOf('## Configuration')
+  const end = readme.indexOf('\n## ', start + 1)
+  const section = readme.slice(start, end === -1 ? undefined : end)
   const documented = [...section.matchAll(/^\| `([^`]+)` \|/gm)].map((m) => m[1])
   const schemaPaths = leafPaths(configSchema, '')
   t.ok(schemaPaths.length > 15, 'the walk found the schema')
