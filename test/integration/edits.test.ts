@@ -2,21 +2,17 @@ import { createHash } from 'node:crypto'
 import { Busboy } from '@fastify/busboy'
 import OpenAI, { toFile } from 'openai'
 import t, { type Test } from 'tap'
-import { json, startFakeUpstream, type FakeUpstream, type Received } from '../helpers/fake-upstream.js'
-import { startGateway, type Gateway, type GatewayOptions } from '../helpers/gateway.js'
+import { json, type FakeUpstream, type Received } from '../helpers/fake-upstream.js'
+import { type Gateway, type GatewayOptions } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
 import { makeJpeg, makePng } from '../helpers/images.js'
 import { buildMultipart, type Part } from '../helpers/multipart.js'
+import { startStack } from '../helpers/stack.js'
 
 const OK = { created: 1, data: [{ b64_json: 'QUJD' }] }
 
 async function setup(t: Test, options: Partial<GatewayOptions> = {}): Promise<{ upstream: FakeUpstream; gateway: Gateway; client: OpenAI }> {
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, ...options })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { behaviour: json(200, OK), gateway: options })
   return { upstream, gateway, client: new OpenAI({ apiKey: gateway.key, baseURL: gateway.baseURL, maxRetries: 0 }) }
 }
 

@@ -4,18 +4,14 @@ import t, { type Test } from 'tap'
 import { eventually, PROVIDER_KEY, startGateway, type Gateway } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
 import { hang, json, resetBeforeAnswer, startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js'
+import { startStack } from '../helpers/stack.js'
 
 async function setup(t: Test, options: Partial<Parameters<typeof startGateway>[0]> = {}): Promise<{
   upstream: FakeUpstream
   gateway: Gateway
   client: OpenAI
 }> {
-  const upstream = await startFakeUpstream()
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, ...options })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { gateway: options })
   const client = new OpenAI({ apiKey: gateway.key, baseURL: gateway.baseURL, maxRetries: 0 })
   return { upstream, gateway, client }
 }

@@ -1,9 +1,10 @@
 import OpenAI from 'openai'
 import t, { type Test } from 'tap'
 import { digestOf } from '../../src/keys/key-material.js'
-import { hang, json, startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js'
-import { startGateway, type Gateway, type GatewayOptions } from '../helpers/gateway.js'
+import { hang, json, type FakeUpstream } from '../helpers/fake-upstream.js'
+import { type Gateway, type GatewayOptions } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
+import { startStack } from '../helpers/stack.js'
 
 const USAGE = {
   total_tokens: 1100,
@@ -14,12 +15,7 @@ const USAGE = {
 const OK = { created: 1, data: [{ b64_json: 'QUJD' }], usage: USAGE }
 
 async function setup(t: Test, options: Partial<GatewayOptions> = {}): Promise<{ upstream: FakeUpstream; gateway: Gateway }> {
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, ...options })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { behaviour: json(200, OK), gateway: options })
   return { upstream, gateway }
 }
 

@@ -7,19 +7,12 @@ import { startGateway } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
 import { makePng } from '../helpers/images.js'
 import { buildMultipart } from '../helpers/multipart.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedisStack } from '../helpers/stack.js'
 
 const OK = { created: 1, data: [{ b64_json: 'QUJD' }] }
 
 t.test('/healthz and /readyz, no key needed; readiness follows Redis', async (t) => {
-  const redis = await startRedis()
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, redis: { url: redis.url, keyPrefix: redis.prefix } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-    await redis.close()
-  })
+  const { redis, gateway } = await startRedisStack(t, { behaviour: json(200, OK) })
   t.match((await sendRaw(`${gateway.url}/healthz`, { method: 'GET' })).json(), { status: 'ok' })
   const ready = await sendRaw(`${gateway.url}/readyz`, { method: 'GET' })
   t.equal(ready.status, 200)

@@ -1,16 +1,11 @@
 import OpenAI from 'openai'
 import t from 'tap'
-import { json, startFakeUpstream } from '../helpers/fake-upstream.js'
-import { startGateway } from '../helpers/gateway.js'
+import { json } from '../helpers/fake-upstream.js'
 import { sendRaw } from '../helpers/http-client.js'
+import { startStack } from '../helpers/stack.js'
 
 t.test('/metrics counts requests, images, errors and rejections, with no key, prompt or made-up name', async (t) => {
-  const upstream = await startFakeUpstream(json(200, { created: 1, data: [{ b64_json: 'QQ==' }, { b64_json: 'Qg==' }] }))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { behaviour: json(200, { created: 1, data: [{ b64_json: 'QQ==' }, { b64_json: 'Qg==' }] }) })
   const { key } = await gateway.store.create({ name: 'metered', rpm: 3 })
   const client = new OpenAI({ apiKey: key, baseURL: gateway.baseURL, maxRetries: 0 })
   const prompt = 'a-prompt-that-must-not-leak'

@@ -6,12 +6,12 @@ import OpenAI from 'openai'
 import t from 'tap'
 import { ByteSpool } from '../../src/multipart/spool.js'
 import { digestOf } from '../../src/keys/key-material.js'
-import { hang, json, startFakeUpstream } from '../helpers/fake-upstream.js'
-import { eventually, startGateway } from '../helpers/gateway.js'
+import { hang, json } from '../helpers/fake-upstream.js'
+import { eventually } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
 import { makePng } from '../helpers/images.js'
 import { buildMultipart } from '../helpers/multipart.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedisStack, startStack } from '../helpers/stack.js'
 
 const OK = { created: 1, data: [{ b64_json: 'QUJD' }] }
 
@@ -26,16 +26,9 @@ t.test('a spool whose temp file cannot be opened fails its append, and disposing
 t.test('a usage block with fractional tokens settles instead of wedging the settlement queue', async (t) => {
   // Before: 10.5 tokens reached the Redis store, which refused the count; the settlement was
   // re-queued forever and the concurrency slot stayed taken for the lease time.
-  const redis = await startRedis()
-  const upstream = await startFakeUpstream(
+  const { gateway } = await startRedisStack(t, { behaviour: 
     json(200, { ...OK, usage: { input_tokens: 10.5, output_tokens: 99.2, total_tokens: 109.7, input_tokens_details: { text_tokens: 10.5, image_tokens: 0 } } })
-  )
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, redis: { url: redis.url, keyPrefix: redis.prefix } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-    await redis.close()
-  })
+   })
   const { key, record } = await gateway.store.create({ name: 'odd usage', concurrency: 1 })
   const client = new OpenAI({ apiKey: key, baseURL: gateway.baseURL, maxRetries: 0 })
   await client.images.generate({ model: 'gpt-image-1', prompt: 'a' })
@@ -48,14 +41,7 @@ t.test('a usage block with fractional tokens settles instead of wedging the sett
 t.test('a client that leaves while its key is checked: no upstream call, and its slot is freed', async (t) => {
   // Before: the client lifetime was created after admission, so a 'close' during auth or
   // admission was missed; the upstream was called for nobody and the charge never settled.
-  const redis = await startRedis()
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, redis: { url: redis.url, keyPrefix: redis.prefix } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-    await redis.close()
-  })
+  const { upstream, gateway } = await startRedisStack(t, { behaviour: json(200, OK) })
   const { key, record } = await gateway.store.create({ name: 'leaver', concurrency: 1, budgetMicroUsd: 10_000_000 })
   const client = new OpenAI({ apiKey: key, baseURL: gateway.baseURL, maxRetries: 0 })
   // One request first, so the key is in the auth cache: the pause below lands in admission.
@@ -79,12 +65,7 @@ t.test('a client that leaves while its key is checked: no upstream call, and its
 
 t.test('an upload refused mid-way: the client reads the 400, not a reset', async (t) => {
   // Before: after 8 MiB of draining the socket was destroyed, and a 20 MB upload got EPIPE.
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { gateway } = await startStack(t, { behaviour: json(200, OK) })
   const form = buildMultipart([
     { name: 'model', value: 'dall-e-2' },
     { name: 'prompt', value: 'p' },
@@ -100,12 +81,7 @@ t.test('an upload refused mid-way: the client reads the 400, not a reset', async
 
 t.test('a stalled upload gets 408 and its upstream request is aborted', async (t) => {
   // Before: a client that stopped sending held its upstream request (and connection) forever.
-  const upstream = await startFakeUpstream(hang)
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, limits: { uploadIdleMs: 300 } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { behaviour: hang, gateway: { limits: { uploadIdleMs: 300 } } })
   const form = buildMultipart([
     { name: 'model', value: 'gpt-image-1' },
     { name: 'prompt', value: 'p' },
@@ -133,14 +109,7 @@ t.test('a stalled upload gets 408 and its upstream request is aborted', async (t
 
 t.test('a Redis error on a key lookup puts no digest in the log', async (t) => {
   // Before: ioredis errors carry the command's arguments, which pino printed: the key's digest.
-  const redis = await startRedis()
-  const upstream = await startFakeUpstream(json(200, OK))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, redis: { url: redis.url, keyPrefix: redis.prefix } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-    await redis.close()
-  })
+  const { redis, gateway } = await startRedisStack(t, { behaviour: json(200, OK) })
   const key = `igw_${'Q'.repeat(43)}`
   const digest = digestOf(key)
   // A digest index entry of the wrong type makes Redis answer WRONGTYPE to the lookup.

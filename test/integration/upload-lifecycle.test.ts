@@ -6,6 +6,7 @@ import { eventually, startGateway } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
 import { makePng } from '../helpers/images.js'
 import { buildMultipart } from '../helpers/multipart.js'
+import { startStack } from '../helpers/stack.js'
 
 /** Spool files are unlinked at once; a leak would show as an open descriptor to a deleted file. */
 function openSpoolFiles(): number {
@@ -23,12 +24,7 @@ function openSpoolFiles(): number {
 const big = makePng({ width: 64, height: 64, seed: 11, padToBytes: 6 * 1024 * 1024 })
 
 t.test('a client that leaves mid-upload aborts the upstream request and frees the spool', async (t) => {
-  const upstream = await startFakeUpstream(json(200, { created: 1, data: [] }))
-  const gateway = await startGateway({ providers: { up: upstream.baseUrl }, limits: { holdMemoryBytes: 64 * 1024 } })
-  t.teardown(async () => {
-    await gateway.close()
-    await upstream.close()
-  })
+  const { upstream, gateway } = await startStack(t, { behaviour: json(200, { created: 1, data: [] }), gateway: { limits: { holdMemoryBytes: 64 * 1024 } } })
   // Model after the file, so the upload is being spooled to disk when the client goes.
   const form = buildMultipart([
     { name: 'image', filename: 'a.png', data: big },
