@@ -1,16 +1,21 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import adminDeploymentsRoutes from './admin/deployments-routes.js'
 import adminKeyRoutes from './admin/keys-routes.js'
 import { priceCostModel } from './billing/cost-model.js'
+import { SMALL_BODY_LIMIT_BYTES } from './config/defaults.js'
 import type { Config } from './config/schema.js'
 import auth from './http/auth.js'
 import errorHandler from './http/error-handler.js'
 import healthRoutes from './http/health.js'
 import metricsRoutes from './http/metrics.js'
 import requestContext, { requestId } from './http/request-context.js'
+import bodyIdle, { clientErrorHandler, httpServerOptions } from './http/slow-clients.js'
 import { Authenticator } from './keys/authenticator.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
 import { Meter } from './limits/charge.js'
 import { Registry } from './providers/registry.js'
+import { RedisCooldownBoard, localBoard } from './routing/cooldown-board.js'
+import { DeploymentHealth } from './routing/health.js'
 import billingRoutes from './routes/billing.js'
 import imageRoutes from './routes/images.js'
 import modelRoutes from './routes/models.js'
@@ -18,6 +23,7 @@ import modelRoutes from './routes/models.js'
 declare module 'fastify' {
   interface FastifyInstance {
     registry: Registry
+    health: DeploymentHealth
     keys: { backend: StateBackend; authenticator: Authenticator; meter: Meter }
   }
 }
@@ -36,8 +42,16 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     // One line per request, written by request-context on response; fastify's two are off.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
     genReqId: requestId,
-    // The relay streams answers for minutes; nothing here may time a request out on its own.
-    requestTimeout: 0,
+    // Slow clients (src/http/slow-clients.ts): headers get a deadline, bodies an idle timer, idle
+    // keep-alive connections a timeout. Nothing times the answer: image calls take minutes.
+    http: httpServerOptions(config.server),
+    requestTimeout: config.server.requestTimeoutMs,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
+    connectionTimeout: 0,
+    clientErrorHandler,
+    trustProxy: typeof config.server.trustProxy === 'boolean' ? config.server.trustProxy : [...config.server.trustProxy],
+    // Routes without a cap of their own (admin); the image routes set theirs from `limits`.
+    bodyLimit: SMALL_BODY_LIMIT_BYTES,
     return503OnClosing: true
   })
   const registry = new Registry(config)
@@ -48,12 +62,17 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     staleMs: config.keys.staleMs,
     maxEntries: 10_000
   })
+  const shared = backend.shared
+  const board = shared === null ? localBoard() : new RedisCooldownBoard(shared.redis, shared.subscriber, shared.keyPrefix)
+  const health = new DeploymentHealth(config.routing.cooldown, board)
   const meter = new Meter({ store: backend.store, costs: priceCostModel(config.prices), leaseMs: config.keys.leaseMs, log: app.log })
   app.decorate('registry', registry)
+  app.decorate('health', health)
   app.decorate('keys', { backend, authenticator, meter })
   app.decorate('lifecycle', { draining: false })
   app.addHook('onClose', async () => {
     await meter.close()
+    await health.close()
     await Promise.all([registry.close(), backend.store.close()])
   })
 
@@ -61,11 +80,16 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   // authentication, which the routes ask for through their `config.auth`.
   await app.register(errorHandler)
   await app.register(requestContext)
+  await app.register(bodyIdle, { idleMs: config.limits.uploadIdleMs })
   await app.register(auth, { authenticator })
-  await app.register(imageRoutes, { relay: { registry, limits: config.limits, meter }, shared: backend.shared })
+  await app.register(imageRoutes, {
+    relay: { registry, limits: config.limits, routing: config.routing, health, meter },
+    shared: backend.shared
+  })
   await app.register(modelRoutes, { registry })
   await app.register(billingRoutes, { store: backend.store })
   await app.register(adminKeyRoutes, { store: backend.store, adminToken: config.admin.token })
+  await app.register(adminDeploymentsRoutes, { registry, health, adminToken: config.admin.token })
   await app.register(healthRoutes, { store: backend.store })
   await app.register(metricsRoutes, { models: new Set(registry.models.keys()), authenticator })
   return app

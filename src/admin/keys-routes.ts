@@ -1,9 +1,8 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
 import { compareByCreation, keyView, parseKeyInput, parseUsageDays, usageView, type KeyView } from '../keys/key-view.js'
 import { StoreUnavailableError, type KeyRecord, type KeyStore } from '../keys/types.js'
-import { bearerToken } from '../http/bearer.js'
+import { requireAdminToken } from './admin-token.js'
 
 export interface AdminKeysOptions {
   store: KeyStore
@@ -13,11 +12,6 @@ export interface AdminKeysOptions {
 
 interface IdParams {
   id: string
-}
-
-
-function sha256(value: string): Buffer {
-  return createHash('sha256').update(value, 'utf8').digest()
 }
 
 /** The store could not answer: 503, which clients may retry, rather than a 500 of our own. */
@@ -45,19 +39,8 @@ export default async function adminKeysRoutes(app: FastifyInstance, options: Adm
   const { store, adminToken } = options
   // No token, no admin API: its paths fall through to the app's not-found handler.
   if (adminToken === undefined || adminToken === '') return
-  const tokenDigest = sha256(adminToken)
 
-  app.addHook('onRequest', async (request: FastifyRequest) => {
-    const candidate = bearerToken(request.headers.authorization) ?? undefined
-    // Digests of both sides have the same length, so timingSafeEqual never throws and the
-    // comparison time says nothing about the token's length or how much of it matched.
-    if (candidate === undefined || !timingSafeEqual(sha256(candidate), tokenDigest)) {
-      throw new GatewayError(
-        'invalid_admin_token',
-        'The admin API needs the admin token in an Authorization header (Authorization: Bearer ADMIN_TOKEN).'
-      )
-    }
-  })
+  requireAdminToken(app, adminToken)
 
   async function view(record: KeyRecord): Promise<KeyView> {
     return keyView(record, await fromStore(store.spentMicroUsd(record.id)))

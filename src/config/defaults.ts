@@ -6,6 +6,23 @@ export const DEFAULT_HOST = '127.0.0.1'
 export const DEFAULT_PORT = 8080
 /** On SIGTERM, how long in-flight image calls (minutes-long ones included) may run before being cut. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 120_000
+/**
+ * From a connection's (or a keep-alive request's) first byte to the end of its request headers.
+ * Real clients send headers in one packet; this stops a client trickling them (slowloris).
+ */
+export const DEFAULT_CLIENT_HEADERS_TIMEOUT_MS = 15_000
+/**
+ * An idle keep-alive connection is closed after this. Above the 60 s idle timeout of common load
+ * balancers, so that the gateway is not the side closing a connection the balancer is reusing.
+ */
+export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 72_000
+/**
+ * A deadline for receiving a whole request, headers and body; 0 is off. Off by default: it would
+ * cut a large upload arriving slowly but steadily; stalled bodies are stopped by `limits.uploadIdleMs`.
+ */
+export const DEFAULT_CLIENT_REQUEST_TIMEOUT_MS = 0
+/** fastify's bodyLimit outside the image routes (which set their own): admin bodies are a few hundred bytes. */
+export const SMALL_BODY_LIMIT_BYTES = 64 * 1024
 
 /** TCP + TLS setup to an upstream. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000
@@ -26,6 +43,19 @@ export const DEFAULT_MULTIPART_BODY_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
 export const DEFAULT_HOLD_MEMORY_BYTES = 1024 * 1024
 /** An upload that sends nothing for this long is failed with 408 (a slow but moving client is fine). */
 export const DEFAULT_UPLOAD_IDLE_MS = 60_000
+/** Deployments tried for one request (the first included) before the last failure goes to the client. */
+export const DEFAULT_MAX_ATTEMPTS = 3
+/** No failover attempt starts after this: connect timeouts alone could otherwise add up to minutes. */
+export const DEFAULT_MAX_TOTAL_MS = 60_000
+/** Multipart uploads up to this size are kept (memory, then a temporary file) so another deployment can get them. */
+export const DEFAULT_REPLAY_BODY_BYTES = 64 * 1024 * 1024
+/** A retry-after up to this long is waited out when no other deployment is left. */
+export const DEFAULT_MAX_RETRY_WAIT_MS = 5_000
+/** Failures in a row that put a deployment in cooldown. */
+export const DEFAULT_COOLDOWN_FAILURES = 3
+/** The first cooldown; it doubles with each failed probe. */
+export const DEFAULT_COOLDOWN_BASE_MS = 10_000
+export const DEFAULT_COOLDOWN_MAX_MS = 5 * 60_000
 /** Upstream error bodies are read whole (to reshape them); larger ones are cut. */
 export const MAX_UPSTREAM_ERROR_BODY_BYTES = 64 * 1024
 

@@ -1,26 +1,39 @@
+import { isIP } from 'node:net'
 import { z } from 'zod'
 import {
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
+  DEFAULT_CLIENT_HEADERS_TIMEOUT_MS,
+  DEFAULT_CLIENT_REQUEST_TIMEOUT_MS,
   DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_COOLDOWN_BASE_MS,
+  DEFAULT_COOLDOWN_FAILURES,
+  DEFAULT_COOLDOWN_MAX_MS,
   DEFAULT_HEADERS_TIMEOUT_MS,
   DEFAULT_HOLD_MEMORY_BYTES,
   DEFAULT_HOST,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
+  DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
   DEFAULT_KEY_CACHE_TTL_MS,
   DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
   DEFAULT_KEY_STALE_MS,
   DEFAULT_LEASE_MS,
+  DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_RETRY_WAIT_MS,
+  DEFAULT_MAX_TOTAL_MS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT,
+  DEFAULT_REPLAY_BODY_BYTES,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_UPLOAD_IDLE_MS
 } from './defaults.js'
 import { priceTableSchema } from '../billing/prices.js'
 import { KNOWN_MODEL_NAMES } from '../openai/models.js'
 
-export const PROVIDER_TYPES = ['openai'] as const
+export const PROVIDER_TYPES = ['openai', 'azure', 'sandbox'] as const
+/** Provider types that make their own images in this process and take no `baseUrl`. */
+export const LOCAL_PROVIDER_TYPES: readonly string[] = ['sandbox']
 
 const positiveInt = z.number().int().positive()
 const byteCount = positiveInt
@@ -42,11 +55,15 @@ const providerSchema = z
     id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'),
     type: z.string(),
     // An unparsable URL is reported once, by .url(); the refinements judge only parsable ones.
+    // Required for every type but the local ones (crossCheck says so); a sandbox has no upstream.
     baseUrl: z
       .string()
       .url()
       .refine((u) => !URL.canParse(u) || /^https?:$/.test(new URL(u).protocol), 'must be an http or https URL')
-      .refine((u) => !URL.canParse(u) || (new URL(u).search === '' && new URL(u).hash === ''), 'must have no query or fragment'),
+      .refine((u) => !URL.canParse(u) || (new URL(u).search === '' && new URL(u).hash === ''), 'must have no query or fragment')
+      .optional(),
+    /** Azure's `api-version` query parameter. */
+    apiVersion: z.string().regex(/^[A-Za-z0-9.-]+$/, 'must be an API version such as 2025-04-01-preview').optional(),
     // An empty value (an unset `${VAR:-}`) means no key: some local upstreams take none.
     apiKey: z
       .string()
@@ -63,8 +80,12 @@ const providerSchema = z
 const deploymentSchema = z
   .object({
     provider: z.string(),
-    /** The name the upstream knows the model by; defaults to the client-facing name. */
-    model: z.string().min(1).optional()
+    /** The name the upstream knows the model by (an Azure deployment's name); defaults to the client-facing name. */
+    model: z.string().min(1).optional(),
+    /** Share of its priority tier's traffic, relative to the tier's other weights. */
+    weight: z.number().positive().default(1),
+    /** Tiers are tried lowest first: a tier gets traffic only when every lower one is cooling down or failed. */
+    priority: z.number().int().min(0).default(0)
   })
   .strict()
 
@@ -74,6 +95,30 @@ const modelSchema = z
     deployments: z.array(deploymentSchema).min(1),
     /** Whose request rules to check against, for a name the gateway does not know (an alias). */
     rulesOf: z.string().optional()
+  })
+  .strict()
+
+const cooldownSchema = z
+  .object({
+    /** Failures in a row that take a deployment out. */
+    failures: positiveInt.default(DEFAULT_COOLDOWN_FAILURES),
+    /** The first cooldown; each failed probe after it doubles it, up to maxMs. */
+    baseMs: positiveInt.default(DEFAULT_COOLDOWN_BASE_MS),
+    maxMs: positiveInt.default(DEFAULT_COOLDOWN_MAX_MS)
+  })
+  .strict()
+
+const routingSchema = z
+  .object({
+    /** Deployments tried for one request, the first included. */
+    maxAttempts: positiveInt.default(DEFAULT_MAX_ATTEMPTS),
+    /** No new attempt starts once the request is this old. */
+    maxTotalMs: positiveInt.default(DEFAULT_MAX_TOTAL_MS),
+    /** A multipart upload larger than this is not kept for a second attempt (it is not failed over). */
+    replayBodyBytes: byteCount.default(DEFAULT_REPLAY_BODY_BYTES),
+    /** The longest retry-after waited out when no other deployment is left; longer ones go back to the client. */
+    maxRetryWaitMs: z.number().int().min(0).default(DEFAULT_MAX_RETRY_WAIT_MS),
+    cooldown: cooldownSchema.prefault({})
   })
   .strict()
 
@@ -87,14 +132,66 @@ const limitsSchema = z
   })
   .strict()
 
+/** Named ranges fastify's trustProxy (proxy-addr) knows, besides addresses and CIDRs. */
+const PROXY_RANGE_NAMES: readonly string[] = ['loopback', 'linklocal', 'uniquelocal']
+
+/** An IP address, a CIDR (`10.0.0.0/8`, `fd00::/8`), or a named range, as proxy-addr compiles them. */
+function isProxyAddress(entry: string): boolean {
+  if (PROXY_RANGE_NAMES.includes(entry)) return true
+  const [address = '', prefix, ...rest] = entry.split('/')
+  const family = isIP(address)
+  if (family === 0 || rest.length > 0) return false
+  return prefix === undefined || (/^[0-9]{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128))
+}
+
+/**
+ * Whose X-Forwarded-For / -Proto / -Host to believe: false (nobody, the default), true (any peer:
+ * only behind a proxy that every connection goes through), or the proxies' addresses. A comma
+ * separated string (from `${ENV}`) is a list; "true" and "false" are booleans. No hop count:
+ * fastify 5 trusts no peer at all when given a number.
+ */
+const trustProxySchema = z
+  .union([z.boolean(), z.string(), z.array(z.string())], {
+    error: (issue) =>
+      typeof issue.input === 'number'
+        ? "a hop count is not supported (fastify 5 would trust no proxy): list the proxies' addresses"
+        : 'must be true, false, or a list of proxy addresses (IPs, CIDRs, loopback, linklocal, uniquelocal)'
+  })
+  .transform((value): boolean | string[] => {
+    if (value === 'true' || value === 'false') return value === 'true'
+    const list = typeof value === 'string' ? value.split(',') : value
+    if (typeof list === 'boolean') return list
+    const entries = list.map((entry) => entry.trim()).filter((entry) => entry !== '')
+    return entries.length === 0 ? false : entries
+  })
+  .superRefine((value, ctx) => {
+    if (typeof value === 'boolean') return
+    for (const entry of value.filter((e) => !isProxyAddress(e))) {
+      ctx.addIssue({ code: 'custom', message: `"${entry}" is not an IP address, a CIDR or one of ${PROXY_RANGE_NAMES.join(', ')}` })
+    }
+  })
+
 const serverSchema = z
   .object({
     host: z.string().min(1).default(DEFAULT_HOST),
     port: z.number().int().min(0).max(65535).default(DEFAULT_PORT),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    shutdownGraceMs: positiveInt.default(DEFAULT_SHUTDOWN_GRACE_MS)
+    shutdownGraceMs: positiveInt.default(DEFAULT_SHUTDOWN_GRACE_MS),
+    /** Node's server.headersTimeout: the first byte of a request (or connection) to the end of its headers. */
+    headersTimeoutMs: positiveInt.default(DEFAULT_CLIENT_HEADERS_TIMEOUT_MS),
+    /** Node's server.keepAliveTimeout: how long an idle keep-alive connection stays open. */
+    keepAliveTimeoutMs: positiveInt.default(DEFAULT_KEEP_ALIVE_TIMEOUT_MS),
+    /** Node's server.requestTimeout: a deadline for the whole request, body included; 0 is off. */
+    requestTimeoutMs: z.number().int().min(0).default(DEFAULT_CLIENT_REQUEST_TIMEOUT_MS),
+    trustProxy: trustProxySchema.default(false)
   })
   .strict()
+  .superRefine((server, ctx) => {
+    // Node swaps the two when the headers timeout is the longer one, silently; refuse that instead.
+    if (server.requestTimeoutMs > 0 && server.requestTimeoutMs < server.headersTimeoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['requestTimeoutMs'], message: 'must be 0 (off) or at least headersTimeoutMs' })
+    }
+  })
 
 const redisNode = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()
 
@@ -149,6 +246,7 @@ export const configSchema = z
   .object({
     server: serverSchema.prefault({}),
     limits: limitsSchema.prefault({}),
+    routing: routingSchema.prefault({}),
     redis: redisSchema.optional(),
     keys: keysSchema.prefault({}),
     admin: adminSchema.prefault({}),
@@ -187,6 +285,12 @@ export function crossCheck(document: unknown): Problem[] {
         message: `unknown provider type "${type}" (known: ${PROVIDER_TYPES.join(', ')})`
       })
     }
+    if (typeof type === 'string' && !LOCAL_PROVIDER_TYPES.includes(type) && provider.baseUrl === undefined) {
+      problems.push({ path: ['providers', i, 'baseUrl'], message: `required for a provider of type "${type}"` })
+    }
+    if (provider.apiVersion !== undefined && type !== 'azure') {
+      problems.push({ path: ['providers', i, 'apiVersion'], message: 'only azure providers take an apiVersion' })
+    }
   })
   const modelNames = new Set<string>()
   records(root.models).forEach((model, i) => {
@@ -215,3 +319,4 @@ export function crossCheck(document: unknown): Problem[] {
 export type Config = z.infer<typeof configSchema>
 export type ProviderConfig = Config['providers'][number]
 export type ModelConfig = Config['models'][number]
+export type RoutingConfig = Config['routing']

@@ -59,7 +59,7 @@ export const CATALOGUE = {
   request_timeout: {
     status: 408,
     type: 'invalid_request_error',
-    when: 'an upload stalled: nothing arrived for limits.uploadIdleMs'
+    when: 'a request body (multipart or JSON) stalled: nothing arrived for limits.uploadIdleMs; or the headers did not arrive within server.headersTimeoutMs (the request within server.requestTimeoutMs, when set)'
   },
   request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap' },
   invalid_api_key: {
@@ -81,6 +81,11 @@ export const CATALOGUE = {
     when: 'the key\'s budget cannot cover this request (x-should-retry: false)'
   },
   model_not_found: { status: 404, type: 'invalid_request_error', when: 'the model is not configured on this gateway' },
+  endpoint_not_supported: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'no deployment of the model serves this endpoint (variations on Azure, say)'
+  },
   unknown_url: { status: 404, type: 'invalid_request_error', when: 'no such route' },
   service_unavailable: {
     status: 503,

@@ -3,10 +3,18 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 
+export interface FailedAttempt {
+  deployment: string
+  /** A FailureKind (routing/health.ts). */
+  kind: string
+}
+
 /** What one request did, for its log line; filled in as the request goes. */
 export interface RequestContext {
   model: string | null
   deployment: string | null
+  /** Attempts at deployments that failed before the one that answered (failover). */
+  failedAttempts: FailedAttempt[]
   upstreamStatus: number | null
   upstreamRequestId: string | null
   /** What counts the body bytes read (the JSON body, or the multipart relay). */
@@ -34,6 +42,8 @@ export interface RequestSummary {
   keyId: string | null
   model: string | null
   deployment: string | null
+  /** Failed attempts before the last, when there were any. */
+  failover?: FailedAttempt[]
   upstreamStatus: number | null
   upstreamRequestId: string | null
   errorCode: string | null
@@ -81,6 +91,7 @@ function finishRequest(app: FastifyInstance, request: FastifyRequest, reply: Fas
     keyId: request.apiKey?.id ?? null,
     model: context.model,
     deployment: context.deployment,
+    ...(context.failedAttempts.length === 0 ? {} : { failover: context.failedAttempts }),
     upstreamStatus: context.upstreamStatus,
     upstreamRequestId: context.upstreamRequestId,
     errorCode: context.errorCode,
@@ -108,6 +119,7 @@ async function requestContext(app: FastifyInstance): Promise<void> {
     request.gateway = {
       model: null,
       deployment: null,
+      failedAttempts: [],
       upstreamStatus: null,
       upstreamRequestId: null,
       body: null,

@@ -8,6 +8,8 @@ import type { KeyStore } from './types.js'
 /** The Redis connection that counters shared by every instance (requests per minute) use. */
 export interface SharedCounters {
   redis: RedisClient
+  /** The connection in subscriber mode, shared by every channel the gateway listens on. */
+  subscriber: RedisClient
   health: RedisHealth
   keyPrefix: string
 }
@@ -29,7 +31,7 @@ export function createBackend(config: Config): StateBackend {
   const subscriber = createRedis(target, { role: 'subscriber' })
   return {
     store: new RedisKeyStore(redis, subscriber, { prefix: config.redis.keyPrefix }),
-    shared: { redis, health: new RedisHealth(redis), keyPrefix: config.redis.keyPrefix },
+    shared: { redis, subscriber, health: new RedisHealth(redis), keyPrefix: config.redis.keyPrefix },
     describe: describeTarget(target)
   }
 }

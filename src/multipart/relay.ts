@@ -58,6 +58,9 @@ export class MultipartRelay {
   private idleTimer: NodeJS.Timeout | null = null
   private endGate: (() => Promise<void>) | null = null
   private gating = false
+  /** Streamed bytes are still being kept for a replay (see keepForReplay), up to replayBytes. */
+  private recording = false
+  private replayBytes = 0
 
   constructor(source: IncomingMessage, options: RelayOptions) {
     this.source = source
@@ -123,7 +126,7 @@ export class MultipartRelay {
     }
     if (this.mode === 'streaming') {
       if (this.inspector.formEnded && this.endGate !== null) this.passGate(chunk, this.endGate)
-      else if (this.output !== null && !this.output.push(chunk)) this.source.pause()
+      else this.deliver(chunk)
       return
     }
     const pending = this.spool.append(chunk)
@@ -140,6 +143,58 @@ export class MultipartRelay {
       return
     }
     this.afterHeld()
+  }
+
+  /**
+   * A live chunk that passed every check: kept for a replay while that is still possible, and sent
+   * to the current upstream body (between two attempts there is none; the next replays it).
+   */
+  private deliver(chunk: Buffer): void {
+    if (this.recording) this.record(chunk)
+    if (this.output !== null && !this.output.push(chunk)) this.source.pause()
+  }
+
+  private record(chunk: Buffer): void {
+    if (this.spool.size + chunk.length > this.replayBytes) {
+      this.recording = false
+      void this.spool.dispose()
+      return
+    }
+    const pending = this.spool.append(chunk)
+    if (pending === undefined) return
+    this.spoolWrites++
+    this.source.pause()
+    pending.then(
+      () => {
+        this.spoolWrites--
+        if (this.spoolWrites === 0 && this.wantsMore()) this.source.resume()
+      },
+      (err: unknown) => this.fail(new GatewayError('internal_error', 'The upload could not be kept.', { cause: err }))
+    )
+  }
+
+  /**
+   * The live source may flow: streaming to an upstream body, nothing queued on the way. (Whether the
+   * body has room is its own business: a full one pauses the source again on the next push.)
+   */
+  private wantsMore(): boolean {
+    return this.mode === 'streaming' && !this.sourceEnded && !this.gating && this.spoolWrites === 0 && this.output !== null
+  }
+
+  /**
+   * From routing on, every byte is kept (memory, then a temporary file) up to `maxBytes`, so that
+   * the body can be sent again to another deployment; past that, keeping stops for good. Call it
+   * before the first `body()`.
+   */
+  keepForReplay(maxBytes: number): void {
+    if (this.output !== null || this.mode === 'failed') return
+    this.replayBytes = maxBytes
+    this.recording = this.spool.size <= maxBytes
+  }
+
+  /** Whether the body can be sent again (see keepForReplay). */
+  get replayable(): boolean {
+    return this.recording && this.mode !== 'failed'
   }
 
   /** After a held chunk is kept: route if the model is known or the form ended, else read on. */
@@ -165,10 +220,10 @@ export class MultipartRelay {
     gate().then(
       () => {
         this.gating = false
-        if (this.mode === 'failed' || this.output === null) return
-        const more = this.output.push(chunk)
+        if (this.mode === 'failed') return
+        this.deliver(chunk)
         if (this.sourceEnded) this.endOutput()
-        else if (more) this.source.resume()
+        else if (this.wantsMore()) this.source.resume()
       },
       (err: unknown) => {
         this.gating = false
@@ -233,14 +288,23 @@ export class MultipartRelay {
     return rewrite === null ? clientLength : clientLength - (rewrite.end - rewrite.start) + rewrite.bytes.length
   }
 
-  /** The body to send upstream: the held bytes (with the model rewritten if needed), then the rest live. */
+  /**
+   * The body to send upstream: the kept bytes (with the model rewritten if needed), then the rest
+   * live. Asked again (another deployment after a failed attempt), it replays everything from the
+   * start, if the body is still `replayable`.
+   */
   body(upstreamModel: string, clientModel: string): Readable {
-    if (this.output !== null) throw new Error('the upstream body was already taken')
+    if (this.output !== null) {
+      if (!this.replayable) throw new Error('the upstream body was already taken')
+      this.detach()
+    }
+    this.endPushed = false
     const output = new Readable({
       highWaterMark: UPSTREAM_BODY_HIGH_WATER_MARK,
       read: () => {
+        if (this.output !== output) return
         if (this.replay !== null) this.replay.resume()
-        else if (this.mode === 'streaming' && !this.sourceEnded && !this.gating) this.source.resume()
+        else if (this.wantsMore()) this.source.resume()
       },
       destroy: (err, callback) => {
         this.replay?.destroy()
@@ -249,17 +313,19 @@ export class MultipartRelay {
     })
     this.output = output
     const rewrite = this.rewriteFor(upstreamModel, clientModel)
-    const held = this.spool.size
     const spool = this.spool
     const replay = Readable.from(
       (async function* () {
-        if (rewrite === null) {
-          yield* spool.read(0, held)
-          return
+        // What the spool holds when the replay starts; the source is paused, but a chunk already
+        // on its way is kept too, so the replay reads on until the spool stops growing.
+        let from = 0
+        for (;;) {
+          await spool.settled()
+          const to = spool.size
+          if (from >= to) return
+          yield* readRewritten(spool, rewrite, from, to)
+          from = to
         }
-        yield* spool.read(0, rewrite.start)
-        yield rewrite.bytes
-        yield* spool.read(rewrite.end, held)
       })()
     )
     this.replay = replay
@@ -268,14 +334,27 @@ export class MultipartRelay {
     })
     replay.once('error', (err) => this.fail(new GatewayError('internal_error', 'The held upload could not be read.', { cause: err })))
     replay.once('end', () => {
+      if (this.replay !== replay) return
       this.replay = null
       if (this.mode === 'failed') return
       this.mode = 'streaming'
-      void this.spool.dispose()
+      if (!this.recording) void this.spool.dispose()
       if (this.sourceEnded) this.endOutput()
-      else this.source.resume()
+      else if (this.wantsMore()) this.source.resume()
     })
     return output
+  }
+
+  /** Lets go of a failed attempt's body; the source waits (bytes that still come are kept) until the next. */
+  private detach(): void {
+    const output = this.output
+    const replay = this.replay
+    this.output = null
+    this.replay = null
+    this.source.pause()
+    if (this.mode === 'streaming') this.mode = 'routing'
+    replay?.destroy()
+    if (output !== null && !output.destroyed) output.destroy()
   }
 
   /** Stops the upload: the upstream body fails (so the upstream never sees a complete form). */
@@ -316,6 +395,18 @@ export class MultipartRelay {
     this.replay?.destroy()
     void this.spool.dispose()
   }
+}
+
+/** The spool's bytes from `from` to `to`, with the rewrite's range replaced by its bytes. */
+async function* readRewritten(spool: ByteSpool, rewrite: Rewrite | null, from: number, to: number): AsyncGenerator<Buffer> {
+  // The first window always holds the whole rewritten range (routing waited for it).
+  if (rewrite === null || rewrite.start < from || rewrite.start >= to) {
+    yield* spool.read(from, to) as AsyncIterable<Buffer>
+    return
+  }
+  yield* spool.read(from, rewrite.start) as AsyncIterable<Buffer>
+  yield rewrite.bytes
+  yield* spool.read(Math.min(rewrite.end, to), to) as AsyncIterable<Buffer>
 }
 
 function asGatewayError(err: unknown): GatewayError {

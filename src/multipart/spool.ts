@@ -17,6 +17,7 @@ export class ByteSpool {
   private memoryBytes = 0
   private fileBytes = 0
   private file: Promise<FileHandle> | null = null
+  private lastWrite: Promise<void> = Promise.resolve()
   private disposed = false
 
   constructor(memoryCapBytes: number, directory: string = tmpdir()) {
@@ -39,7 +40,14 @@ export class ByteSpool {
       this.memoryBytes += chunk.length
       return undefined
     }
-    return this.appendToFile(chunk)
+    const write = this.appendToFile(chunk)
+    this.lastWrite = write.catch(() => undefined)
+    return write
+  }
+
+  /** Resolves when every append so far is on disk (or failed: the append's own promise tells). */
+  settled(): Promise<void> {
+    return this.lastWrite
   }
 
   private async appendToFile(chunk: Buffer): Promise<void> {

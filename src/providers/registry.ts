@@ -1,10 +1,13 @@
 import { Agent } from 'undici'
 import type { Config, ProviderConfig } from '../config/schema.js'
 import { rulesFor, type Endpoint, type ModelRules } from '../openai/models.js'
+import { azureAdapter } from './azure.js'
 import { openaiAdapter } from './openai.js'
 import type { ProviderAdapter, UpstreamTarget } from './types.js'
 
-const ADAPTERS: ReadonlyMap<string, ProviderAdapter> = new Map([[openaiAdapter.type, openaiAdapter]])
+const ADAPTERS: ReadonlyMap<string, ProviderAdapter> = new Map([openaiAdapter, azureAdapter].map((a) => [a.type, a]))
+
+const ENDPOINTS: readonly Endpoint[] = ['generations', 'edits', 'variations']
 
 export interface Provider {
   readonly id: string
@@ -12,14 +15,18 @@ export interface Provider {
   readonly adapter: ProviderAdapter
   /** Keep-alive connection pool to this provider, with its timeouts. */
   readonly dispatcher: Agent
-  readonly targets: Readonly<Record<Endpoint, UpstreamTarget>>
 }
 
 export interface Deployment {
-  /** `provider/upstreamModel`, as shown in logs and headers. */
+  /** `provider/upstreamModel`, as shown in logs, headers and /admin/deployments; health is kept by it. */
   readonly id: string
   readonly provider: Provider
   readonly upstreamModel: string
+  readonly weight: number
+  /** Lower tiers are tried first. */
+  readonly priority: number
+  /** The upstream request per endpoint; absent for an endpoint this provider cannot serve. */
+  readonly targets: Readonly<Partial<Record<Endpoint, UpstreamTarget>>>
 }
 
 export interface RoutedModel {
@@ -41,34 +48,45 @@ function createProvider(config: ProviderConfig): Provider {
     // Image answers can be tens of MB of base64; undici's own cap stays off and the body streams.
     maxResponseSize: -1
   })
-  const targets = {
-    generations: adapter.target(config, 'generations'),
-    edits: adapter.target(config, 'edits'),
-    variations: adapter.target(config, 'variations')
+  return { id: config.id, config, adapter, dispatcher }
+}
+
+function targetsOf(provider: Provider, upstreamModel: string): Partial<Record<Endpoint, UpstreamTarget>> {
+  const targets: Partial<Record<Endpoint, UpstreamTarget>> = {}
+  for (const endpoint of ENDPOINTS) {
+    const target = provider.adapter.target(provider.config, endpoint, upstreamModel)
+    if (target !== null) targets[endpoint] = target
   }
-  return { id: config.id, config, adapter, dispatcher, targets }
+  return targets
 }
 
 /** Which model names route where, built once from config. */
 export class Registry {
   readonly providers: ReadonlyMap<string, Provider>
   readonly models: ReadonlyMap<string, RoutedModel>
+  /** Every deployment once, by id (two models may share one). */
+  readonly deployments: ReadonlyMap<string, Deployment>
   readonly secrets: readonly string[]
 
   constructor(config: Config) {
     this.providers = new Map(config.providers.map((p) => [p.id, createProvider(p)]))
+    const deployments = new Map<string, Deployment>()
     this.models = new Map(
       config.models.map((model) => {
-        const deployments = model.deployments.map((d) => {
+        const routes = model.deployments.map((d): Deployment => {
           const provider = this.providers.get(d.provider)
           if (provider === undefined) throw new Error(`model ${model.name}: unknown provider ${d.provider}`)
           const upstreamModel = d.model ?? model.name
-          return { id: `${provider.id}/${upstreamModel}`, provider, upstreamModel }
+          const id = `${provider.id}/${upstreamModel}`
+          const deployment = { id, provider, upstreamModel, weight: d.weight, priority: d.priority, targets: targetsOf(provider, upstreamModel) }
+          deployments.set(id, deployment)
+          return deployment
         })
-        const rules = rulesFor(model.rulesOf ?? model.name) ?? rulesFor(deployments[0]?.upstreamModel ?? '')
-        return [model.name, { name: model.name, rules, deployments }]
+        const rules = rulesFor(model.rulesOf ?? model.name) ?? rulesFor(routes[0]?.upstreamModel ?? '')
+        return [model.name, { name: model.name, rules, deployments: routes }]
       })
     )
+    this.deployments = deployments
     this.secrets = [...this.providers.values()].flatMap((p) => p.adapter.secrets(p.config))
   }
 

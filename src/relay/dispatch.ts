@@ -1,20 +1,28 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
 import { GatewayError } from '../errors/catalogue.js'
 import type { Config } from '../config/schema.js'
 import type { Charge, Meter } from '../limits/charge.js'
 import type { Fields } from '../openai/validate.js'
 import type { Endpoint } from '../openai/models.js'
 import type { Deployment, Registry, RoutedModel } from '../providers/registry.js'
-import { relayAnswer } from '../upstream/answer.js'
-import { forward } from '../upstream/forward.js'
+import { candidates } from '../routing/balancer.js'
+import type { DeploymentHealth } from '../routing/health.js'
+import { answerFailure, isFailoverStatus, transportFailure, type AttemptFailure } from '../routing/outcome.js'
+import { readErrorBody, relayError, relaySuccess, type AnswerContext } from '../upstream/answer.js'
+import { TransportError, forward } from '../upstream/forward.js'
 import { upstreamRequestHeaders } from '../upstream/headers.js'
+import { mapTransportError } from '../upstream/transport-errors.js'
 import { ClientClosedError } from './lifetime.js'
 
 /** What the relay flows share: routing, body limits and the charging of keys. */
 export interface RelayContext {
   registry: Registry
   limits: Config['limits']
+  routing: Config['routing']
+  health: DeploymentHealth
   meter: Meter
 }
 
@@ -42,58 +50,165 @@ export function findModel(registry: Registry, name: string): RoutedModel {
   return routed
 }
 
-/** The deployment that serves this request (several deployments per model come with routing). */
-export function chooseDeployment(routed: RoutedModel): Deployment {
-  const deployment = routed.deployments[0]
-  if (deployment === undefined) throw new Error(`model ${routed.name} has no deployment`)
-  return deployment
+/** The deployments to try for this request, in order (see routing/balancer.ts); never empty. */
+export function route(context: RelayContext, routed: RoutedModel, endpoint: Endpoint): [Deployment, ...Deployment[]] {
+  const [first, ...rest] = candidates(routed.deployments, endpoint, context.health)
+  if (first === undefined) {
+    throw new GatewayError('endpoint_not_supported', `The model '${routed.name}' has no deployment that serves image ${endpoint}.`, {
+      param: 'model'
+    })
+  }
+  return [first, ...rest]
 }
 
-export interface Dispatch {
-  endpoint: Endpoint
-  deployment: Deployment
+/** One attempt's request body. */
+export interface AttemptBody {
   body: Buffer | Readable
-  contentType: string
   contentLength: number | null
-  signal: AbortSignal
-  /** The request's hold on its key's limits; settled here, whatever happens. */
-  charge: Charge | null
   /** Whether the upstream may have received the whole request (and so started billable work). */
   wholeRequestSent: () => boolean
 }
 
-/** Sends the request to its deployment and the answer back to the client. */
-export async function dispatch(
-  registry: Registry,
+export interface Dispatch {
+  endpoint: Endpoint
+  /** The deployments to try, in order (from `route`). */
+  order: readonly Deployment[]
+  contentType: string
+  signal: AbortSignal
+  /** The request's hold on its key's limits; settled here, whatever happens. */
+  charge: Charge | null
+  /** The body for an attempt at this deployment; null when it cannot be sent again. */
+  bodyFor: (deployment: Deployment) => AttemptBody | null
+}
+
+interface Failed {
+  deployment: Deployment
+  failure: AttemptFailure
+  /** What to answer if no other attempt follows: an error, or the deployment's own answer. */
+  answer: { error: GatewayError } | { upstream: Dispatcher.ResponseData; raw: Buffer }
+}
+
+function answerContext(registry: Registry, deployment: Deployment): AnswerContext {
+  const { provider } = deployment
+  return { providerId: provider.id, secrets: registry.secrets, normaliseError: provider.adapter.normaliseError }
+}
+
+/**
+ * Sends the request to its deployments in order until one answers, and that answer to the client.
+ * The next deployment gets the request after a failure that says the deployment is at fault (see
+ * routing/outcome.ts), while no byte has gone to the client, the body can be sent again, and the
+ * attempts and time allowed are not used up. Each attempt's outcome goes to the deployment's health.
+ */
+export async function dispatch(context: RelayContext, request: FastifyRequest, reply: FastifyReply, job: Dispatch): Promise<void> {
+  const { routing } = context
+  const started = Date.now()
+  const queue = [...job.order]
+  let last: Failed | null = null
+  let waitedOnce = false
+  for (let attempt = 0; attempt < routing.maxAttempts; attempt++) {
+    let deployment = queue.shift()
+    if (deployment === undefined && last !== null && !waitedOnce) {
+      // No other deployment left: a short retry-after is waited out, once.
+      const wait = last.failure.retryAfterMs
+      if (wait === null || wait > routing.maxRetryWaitMs || Date.now() - started + wait > routing.maxTotalMs) break
+      waitedOnce = true
+      await sleep(wait, undefined, { signal: job.signal }).catch(() => undefined)
+      if (job.signal.aborted) break
+      deployment = last.deployment
+    }
+    if (deployment === undefined) break
+    if (attempt > 0 && Date.now() - started > routing.maxTotalMs) break
+    const body = job.bodyFor(deployment)
+    if (body === null) break
+    const outcome = await attemptAt(context, request, reply, job, deployment, body)
+    if (outcome === null) return
+    last = outcome
+    request.gateway.failedAttempts.push({ deployment: deployment.id, kind: outcome.failure.kind })
+    if (!outcome.failure.failover || job.signal.aborted) break
+  }
+  if (last === null) throw new Error('dispatch: no deployment was tried')
+  await answerWithFailure(context, reply, job, last)
+}
+
+/** One attempt; null when it answered the client, else why it failed. */
+async function attemptAt(
+  context: RelayContext,
   request: FastifyRequest,
   reply: FastifyReply,
-  job: Dispatch
-): Promise<void> {
-  const provider = job.deployment.provider
-  request.gateway.deployment = job.deployment.id
-  const headers = upstreamRequestHeaders(
-    request.headers,
-    { contentType: job.contentType, contentLength: job.contentLength },
-    provider.targets[job.endpoint].headers
-  )
+  job: Dispatch,
+  deployment: Deployment,
+  body: AttemptBody
+): Promise<Failed | null> {
+  const { health } = context
+  const target = deployment.targets[job.endpoint]
+  if (target === undefined) throw new Error(`deployment ${deployment.id} cannot serve ${job.endpoint}`)
+  request.gateway.deployment = deployment.id
+  health.startProbe(deployment.id)
+  const headers = upstreamRequestHeaders(request.headers, { contentType: job.contentType, contentLength: body.contentLength }, target.headers)
   const abortedBeforeCall = job.signal.aborted
-  let upstream
+  const sentAt = Date.now()
+  let upstream: Dispatcher.ResponseData
   try {
-    upstream = await forward({
-      deployment: job.deployment,
-      endpoint: job.endpoint,
-      headers,
-      body: job.body,
-      signal: job.signal
-    })
+    upstream = await forward({ deployment, endpoint: job.endpoint, headers, body: body.body, signal: job.signal })
   } catch (err) {
-    // A client that left is charged the reservation only if the upstream had the whole request.
-    if (err instanceof ClientClosedError && !abortedBeforeCall && job.wholeRequestSent()) job.charge?.abandoned()
-    else job.charge?.failed()
-    throw err
+    const latency = Date.now() - sentAt
+    if (!(err instanceof TransportError)) {
+      // The client left or the upload broke a rule: nothing to say about the deployment.
+      health.released(deployment.id)
+      // A client that left is charged the reservation only if the upstream had the whole request.
+      if (err instanceof ClientClosedError && !abortedBeforeCall && body.wholeRequestSent()) job.charge?.abandoned()
+      else job.charge?.failed()
+      throw err
+    }
+    const failure = transportFailure(err.cause, body.wholeRequestSent())
+    health.failed(deployment.id, failure.kind, latency)
+    return { deployment, failure, answer: { error: mapTransportError(err.cause, deployment.provider.id) } }
   }
+  const latency = Date.now() - sentAt
+  if (isFailoverStatus(upstream.statusCode)) {
+    const raw = await readErrorBody(upstream)
+    const failure = answerFailure(upstream.statusCode, upstream.headers, deployment.provider.adapter.normaliseError(raw, upstream.statusCode))
+    if (failure !== null) {
+      health.failed(deployment.id, failure.kind, latency, {
+        ...(failure.retryAfterMs === null ? {} : { forMs: failure.retryAfterMs }),
+        now: failure.takeOutNow
+      })
+      return { deployment, failure, answer: { upstream, raw } }
+    }
+  }
+  // Any other answer, errors in the request included, says the deployment works.
+  health.succeeded(deployment.id, latency)
+  noteAnswer(request, reply, deployment, upstream)
+  if (upstream.statusCode >= 200 && upstream.statusCode < 300) {
+    relaySuccess(reply, upstream, job.charge)
+    return null
+  }
+  job.charge?.failed()
+  relayError(reply, upstream, await readErrorBody(upstream), answerContext(context.registry, deployment))
+  return null
+}
+
+function noteAnswer(request: FastifyRequest, reply: FastifyReply, deployment: Deployment, upstream: Dispatcher.ResponseData): void {
   request.gateway.upstreamStatus = upstream.statusCode
   const upstreamId = upstream.headers['x-request-id']
   request.gateway.upstreamRequestId = typeof upstreamId === 'string' ? upstreamId : null
-  await relayAnswer(reply, upstream, { providerId: provider.id, secrets: registry.secrets }, job.charge)
+  reply.header('x-gateway-deployment', deployment.id)
+}
+
+/**
+ * The last failure, as the client sees it: the deployment's own error answer, or ours. A request
+ * the upstream had whole is not to be sent again by the client either (it may be generating).
+ */
+async function answerWithFailure(context: RelayContext, reply: FastifyReply, job: Dispatch, last: Failed): Promise<void> {
+  const { deployment, failure, answer } = last
+  const mayHaveStarted = !failure.failover
+  if (mayHaveStarted) job.charge?.abandoned()
+  else job.charge?.failed()
+  if ('error' in answer) {
+    const err = answer.error
+    if (!mayHaveStarted) throw err
+    throw new GatewayError(err.code, err.message, { cause: err.cause, headers: { 'x-should-retry': 'false' } })
+  }
+  noteAnswer(reply.request, reply, deployment, answer.upstream)
+  relayError(reply, answer.upstream, answer.raw, answerContext(context.registry, deployment))
 }

@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel, validateFields, validateJsonEdit, type Fields } from '../openai/validate.js'
 import { assertModelAllowed } from '../http/auth.js'
-import { admit, chooseDeployment, dispatch, findModel, type RelayContext } from './dispatch.js'
+import { admit, dispatch, findModel, route, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
 /** A JSON body as parsed, with its bytes kept so they can be relayed unchanged. */
@@ -38,21 +38,20 @@ export async function relayJson(
   assertModelAllowed(request, model)
   validateFields(endpoint, model, routed.rules, fields)
   if (endpoint === 'edits') validateJsonEdit(model, routed.rules, fields)
-  const deployment = chooseDeployment(routed)
-  const charge = await admit(context, request, model, deployment, endpoint, fields)
-  const payload =
-    requested === deployment.upstreamModel
-      ? body.raw
-      : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
-  await dispatch(context.registry, request, reply, {
+  const order = route(context, routed, endpoint)
+  // Priced by the first choice: the deployments of one model are meant to be the same model.
+  const charge = await admit(context, request, model, order[0], endpoint, fields)
+  await dispatch(context, request, reply, {
     endpoint,
-    deployment,
-    body: payload,
+    order,
     contentType: 'application/json',
-    contentLength: payload.length,
     signal: lifetime.signal,
     charge,
-    // A JSON body goes upstream whole the moment the call is made.
-    wholeRequestSent: () => true
+    bodyFor: (deployment) => {
+      const payload =
+        requested === deployment.upstreamModel ? body.raw : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))
+      // A JSON body goes upstream whole the moment the call is made, and can always be sent again.
+      return { body: payload, contentLength: payload.length, wholeRequestSent: () => true }
+    }
   })
 }

@@ -5,7 +5,7 @@ import { isValidBoundary } from '../multipart/scanner.js'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel } from '../openai/validate.js'
 import { assertModelAllowed } from '../http/auth.js'
-import { admit, chooseDeployment, dispatch, findModel, type RelayContext } from './dispatch.js'
+import { admit, dispatch, findModel, route, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
 export function boundaryOf(contentType: string): string {
@@ -59,22 +59,30 @@ export async function relayMultipart(
   const routed = findModel(context.registry, model)
   assertModelAllowed(request, model)
   relay.route(model, routed.rules)
-  const deployment = chooseDeployment(routed)
+  const order = route(context, routed, endpoint)
+  // Kept for a second attempt only where there can be one: a model with several deployments.
+  if (order.length > 1) relay.keepForReplay(context.routing.replayBodyBytes)
   // Admitted on the fields read so far; an `n` that comes later is topped up before the form's
   // closing chunk goes upstream, so a late `n` cannot slip past the key's limits.
-  const charge = await admit(context, request, model, deployment, endpoint, relay.inspector)
+  const charge = await admit(context, request, model, order[0], endpoint, relay.inspector)
   const key = request.apiKey
   if (charge !== null && key !== null && !relay.inspector.formEnded) {
     relay.setEndGate(() => context.meter.topUp(charge, key, relay.inspector))
   }
-  await dispatch(context.registry, request, reply, {
+  let attempts = 0
+  await dispatch(context, request, reply, {
     endpoint,
-    deployment,
-    body: relay.body(deployment.upstreamModel, model),
+    order,
     contentType,
-    contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
     signal: lifetime.signal,
     charge,
-    wholeRequestSent: () => relay.bodyEnded
+    bodyFor: (deployment) => {
+      if (attempts++ > 0 && !relay.replayable) return null
+      return {
+        body: relay.body(deployment.upstreamModel, model),
+        contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
+        wholeRequestSent: () => relay.bodyEnded
+      }
+    }
   })
 }

@@ -12,6 +12,8 @@ export interface AnswerContext {
   providerId: string
   /** Credentials that must never reach the client, even when an upstream echoes them. */
   secrets: readonly string[]
+  /** The provider's error bodies in OpenAI's envelope (see ProviderAdapter.normaliseError). */
+  normaliseError: (raw: Buffer, status: number) => OpenAIErrorBody | null
 }
 
 
@@ -61,49 +63,21 @@ async function readCapped(body: Readable, maxBytes: number): Promise<Buffer> {
   return Buffer.concat(chunks)
 }
 
-function asString(value: unknown): string | null {
-  if (typeof value === 'string') return value
-  if (typeof value === 'number') return String(value)
-  return null
+/** The start of an upstream error body, read whole up to a cap (to reshape it). */
+export function readErrorBody(upstream: Dispatcher.ResponseData): Promise<Buffer> {
+  return readCapped(upstream.body, MAX_UPSTREAM_ERROR_BODY_BYTES)
 }
 
 /**
- * An upstream error in OpenAI's envelope, with the four keys always present (Azure and relays often
- * send only `code` and `message`); extra keys such as `moderation_details` stay. Null when the body
- * is not an error envelope at all.
+ * An upstream error answer, already read, to the client: in OpenAI's envelope, cleaned of
+ * credentials. A 401 is about the gateway's provider key, not the client's gateway key: passing it
+ * on would tell the client its own key is wrong, and would echo parts of ours.
  */
-export function normaliseErrorBody(raw: Buffer, status: number): OpenAIErrorBody | null {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(raw.toString('utf8'))
-  } catch {
-    return null
-  }
-  if (parsed === null || typeof parsed !== 'object') return null
-  const error = (parsed as { error?: unknown }).error
-  if (error === null || typeof error !== 'object' || Array.isArray(error)) return null
-  const fields = error as Record<string, unknown>
-  const message = asString(fields.message)
-  if (message === null) return null
-  return {
-    error: {
-      ...fields,
-      message,
-      type: asString(fields.type) ?? (status >= 500 ? 'server_error' : 'invalid_request_error'),
-      param: asString(fields.param),
-      code: asString(fields.code)
-    }
-  }
-}
-
-async function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData, context: AnswerContext): Promise<void> {
-  const raw = await readCapped(upstream.body, MAX_UPSTREAM_ERROR_BODY_BYTES)
+export function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData, raw: Buffer, context: AnswerContext): void {
   if (upstream.statusCode === 401) {
-    // A 401 from the upstream is about the gateway's provider key, not the client's gateway key;
-    // passing it on would tell the client its own key is wrong, and would echo parts of ours.
     throw new GatewayError('upstream_credentials_rejected', `The upstream provider "${context.providerId}" refused the gateway's credentials.`)
   }
-  const body = normaliseErrorBody(raw, upstream.statusCode)
+  const body = context.normaliseError(raw, upstream.statusCode)
   if (body === null) {
     throw new GatewayError(
       'upstream_error',
@@ -118,21 +92,10 @@ async function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseData
 }
 
 /**
- * Sends the upstream's answer to the client as it arrives: successful bodies (JSON, multi-MB
- * b64_json, event streams) are piped unchanged with no buffering; error bodies are read, capped,
- * put in OpenAI's envelope and cleaned of credentials.
+ * Sends a successful upstream answer to the client as it arrives: JSON, multi-MB b64_json and event
+ * streams are piped unchanged with no buffering, while a tap reads what it used.
  */
-export async function relayAnswer(
-  reply: FastifyReply,
-  upstream: Dispatcher.ResponseData,
-  context: AnswerContext,
-  charge: Charge | null
-): Promise<void> {
-  if (upstream.statusCode < 200 || upstream.statusCode >= 300) {
-    charge?.failed()
-    await relayError(reply, upstream, context)
-    return
-  }
+export function relaySuccess(reply: FastifyReply, upstream: Dispatcher.ResponseData, charge: Charge | null): void {
   const streaming = isEventStream(upstream.headers['content-type'])
   const headers = clientResponseHeaders(upstream.headers, !streaming)
   if (streaming) headers['x-accel-buffering'] = 'no'

@@ -2,7 +2,6 @@ import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { Endpoint } from '../openai/models.js'
 import type { Deployment } from '../providers/registry.js'
-import { mapTransportError } from './transport-errors.js'
 
 export interface ForwardRequest {
   deployment: Deployment
@@ -13,12 +12,21 @@ export interface ForwardRequest {
   signal: AbortSignal
 }
 
+/** The upstream could not be reached, broke the connection, or was too slow: undici's error is the cause. */
+export class TransportError extends Error {
+  constructor(cause: unknown) {
+    super('upstream transport failure', { cause })
+    this.name = 'TransportError'
+  }
+}
+
 /** The one place that talks to undici. */
 export async function forward(request: ForwardRequest): Promise<Dispatcher.ResponseData> {
-  const { provider } = request.deployment
-  const target = provider.targets[request.endpoint]
+  const { deployment } = request
+  const target = deployment.targets[request.endpoint]
+  if (target === undefined) throw new Error(`deployment ${deployment.id} cannot serve ${request.endpoint}`)
   try {
-    return await provider.dispatcher.request({
+    return await deployment.provider.dispatcher.request({
       origin: target.origin,
       path: target.path,
       method: 'POST',
@@ -28,6 +36,6 @@ export async function forward(request: ForwardRequest): Promise<Dispatcher.Respo
     })
   } catch (err) {
     if (request.signal.aborted) throw request.signal.reason
-    throw mapTransportError(err, provider.id)
+    throw new TransportError(err)
   }
 }

@@ -15,7 +15,7 @@ const UNREACHABLE_CODES = new Set([
   'UND_ERR_CLOSED'
 ])
 
-function errorCode(err: unknown): string | undefined {
+export function errorCode(err: unknown): string | undefined {
   if (err === null || typeof err !== 'object') return undefined
   const code = (err as { code?: unknown }).code
   if (typeof code === 'string') return code

@@ -34,7 +34,7 @@ export interface Gateway {
 export interface ModelSpec {
   name: string
   rulesOf?: string
-  deployments: { provider: string; model?: string }[]
+  deployments: { provider: string; model?: string; weight?: number; priority?: number }[]
 }
 
 export interface GatewayOptions {

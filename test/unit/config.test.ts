@@ -4,19 +4,29 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import {
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
+  DEFAULT_CLIENT_HEADERS_TIMEOUT_MS,
+  DEFAULT_CLIENT_REQUEST_TIMEOUT_MS,
   DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_COOLDOWN_BASE_MS,
+  DEFAULT_COOLDOWN_FAILURES,
+  DEFAULT_COOLDOWN_MAX_MS,
   DEFAULT_HEADERS_TIMEOUT_MS,
   DEFAULT_HOLD_MEMORY_BYTES,
   DEFAULT_HOST,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
+  DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
   DEFAULT_KEY_CACHE_TTL_MS,
   DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
   DEFAULT_KEY_STALE_MS,
   DEFAULT_LEASE_MS,
+  DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_RETRY_WAIT_MS,
+  DEFAULT_MAX_TOTAL_MS,
   DEFAULT_MULTIPART_BODY_BYTES,
   DEFAULT_PORT,
+  DEFAULT_REPLAY_BODY_BYTES,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_UPLOAD_IDLE_MS
 } from '../../src/config/defaults.js'
@@ -47,6 +57,14 @@ models:
       - provider: p
 `
 
+/** The server section's slow-client settings at their defaults. */
+const SERVER_HARDENING = {
+  headersTimeoutMs: DEFAULT_CLIENT_HEADERS_TIMEOUT_MS,
+  keepAliveTimeoutMs: DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
+  requestTimeoutMs: DEFAULT_CLIENT_REQUEST_TIMEOUT_MS,
+  trustProxy: false
+}
+
 const DEFAULT_TIMEOUTS = {
   connectMs: DEFAULT_CONNECT_TIMEOUT_MS,
   headersMs: DEFAULT_HEADERS_TIMEOUT_MS,
@@ -56,7 +74,7 @@ const DEFAULT_TIMEOUTS = {
 t.test('the example config loads', async (t) => {
   const withoutKey = loadConfig(examplePath, {})
   t.equal(withoutKey.providers[0]?.apiKey, undefined, 'an unset OPENAI_API_KEY means no key (not "")')
-  t.same(withoutKey.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS })
+  t.same(withoutKey.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS, ...SERVER_HARDENING })
   t.same(withoutKey.limits, {
     jsonBodyBytes: 1048576,
     jsonEditBodyBytes: 67108864,
@@ -79,11 +97,11 @@ t.test('the example config loads', async (t) => {
     withoutKey.models.map((m) => m.name),
     ['gpt-image-1.5', 'gpt-image-1', 'gpt-image-1-mini', 'gpt-image-2', 'dall-e-3', 'dall-e-2', 'images-fast']
   )
-  t.same(withoutKey.models[0]?.deployments, [{ provider: 'openai', model: 'gpt-image-1.5' }])
+  t.same(withoutKey.models[0]?.deployments, [{ provider: 'openai', model: 'gpt-image-1.5', weight: 1, priority: 0 }])
   t.same(withoutKey.models[6], {
     name: 'images-fast',
     rulesOf: 'gpt-image-1-mini',
-    deployments: [{ provider: 'openai', model: 'gpt-image-1-mini' }]
+    deployments: [{ provider: 'openai', model: 'gpt-image-1-mini', weight: 1, priority: 0 }]
   })
 
   const withKey = loadConfig(examplePath, { OPENAI_API_KEY: 'sk-test-123' })
@@ -94,13 +112,20 @@ t.test('the example config loads', async (t) => {
 t.test('defaults are filled in', async (t) => {
   const config = parseConfig(MINIMAL, {}, 'test.yaml')
   t.same(config, {
-    server: { host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS },
+    server: { host: DEFAULT_HOST, port: DEFAULT_PORT, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS, ...SERVER_HARDENING },
     limits: {
       jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
       jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
       multipartBodyBytes: DEFAULT_MULTIPART_BODY_BYTES,
       holdMemoryBytes: DEFAULT_HOLD_MEMORY_BYTES,
       uploadIdleMs: DEFAULT_UPLOAD_IDLE_MS
+    },
+    routing: {
+      maxAttempts: DEFAULT_MAX_ATTEMPTS,
+      maxTotalMs: DEFAULT_MAX_TOTAL_MS,
+      replayBodyBytes: DEFAULT_REPLAY_BODY_BYTES,
+      maxRetryWaitMs: DEFAULT_MAX_RETRY_WAIT_MS,
+      cooldown: { failures: DEFAULT_COOLDOWN_FAILURES, baseMs: DEFAULT_COOLDOWN_BASE_MS, maxMs: DEFAULT_COOLDOWN_MAX_MS }
     },
     keys: {
       cacheTtlMs: DEFAULT_KEY_CACHE_TTL_MS,
@@ -119,7 +144,7 @@ t.test('defaults are filled in', async (t) => {
         maxConnections: DEFAULT_MAX_CONNECTIONS
       }
     ],
-    models: [{ name: 'gpt-image-1', deployments: [{ provider: 'p' }] }]
+    models: [{ name: 'gpt-image-1', deployments: [{ provider: 'p', weight: 1, priority: 0 }] }]
   })
   t.equal(config.providers[0]?.apiKey, undefined)
 
@@ -128,7 +153,7 @@ t.test('defaults are filled in', async (t) => {
     {},
     'test.yaml'
   )
-  t.same(partial.server, { host: DEFAULT_HOST, port: 9999, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS }, 'a partial server section')
+  t.same(partial.server, { host: DEFAULT_HOST, port: 9999, logLevel: 'info', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS, ...SERVER_HARDENING }, 'a partial server section')
   t.same(partial.limits, {
     jsonBodyBytes: DEFAULT_JSON_BODY_BYTES,
     jsonEditBodyBytes: DEFAULT_JSON_EDIT_BODY_BYTES,
@@ -192,7 +217,7 @@ t.test('an invalid file reports every problem with its path', async (t) => {
   const text = `
 providers:
   - id: a
-    type: azure
+    type: azurre
     baseUrl: ftp://example.com/v1
   - id: a
     type: openai
@@ -212,7 +237,7 @@ models:
     `models[1].rulesOf: unknown model "dall-e-4" (known: ${KNOWN_MODEL_NAMES.join(', ')})`,
     'models[2].deployments[0].provider: unknown provider "azur"',
     'providers[0].baseUrl: must be an http or https URL',
-    'providers[0].type: unknown provider type "azure" (known: openai)',
+    'providers[0].type: unknown provider type "azurre" (known: openai, azure, sandbox)',
     'providers[1]: Unrecognized key: "maxConection"',
     'providers[1].baseUrl: must have no query or fragment',
     'providers[1].id: duplicate provider id "a"'
@@ -239,7 +264,7 @@ models:
 `
   const expected = [
     'models[2].deployments[0].provider: unknown provider "azur"',
-    'providers[0].baseUrl: Invalid input: expected string, received undefined',
+    'providers[0].baseUrl: required for a provider of type "openai"',
     'server.port: Invalid input: expected number, received string'
   ]
   t.same([...problemsOf(text)].sort(), expected.sort())
@@ -256,8 +281,16 @@ t.test('provider fields', async (t) => {
   t.same(problemsOf(withProvider('    baseUrl: http://127.0.0.1/v1\n    type: openai')), [
     'YAML: Map keys must be unique at line 6, column 5:'
   ])
-  t.same(problemsOf(MINIMAL.replace('type: openai', 'type: azure')), [
-    'providers[0].type: unknown provider type "azure" (known: openai)'
+  t.same(problemsOf(MINIMAL.replace('type: openai', 'type: azurre')), [
+    'providers[0].type: unknown provider type "azurre" (known: openai, azure, sandbox)'
+  ])
+  t.same(problemsOf(MINIMAL.replace('type: openai', 'type: azure')), ['(accepted)'])
+  t.same(problemsOf(withProvider('    baseUrl: http://127.0.0.1/v1\n    apiVersion: 2025-04-01-preview')), [
+    'providers[0].apiVersion: only azure providers take an apiVersion'
+  ])
+  t.same(problemsOf(MINIMAL.replace('type: openai', 'type: sandbox').replace('    baseUrl: http://127.0.0.1:9000/v1\n', '')), ['(accepted)'], 'a sandbox has no baseUrl')
+  t.same(problemsOf(MINIMAL.replace('type: openai', 'type: azure').replace('    baseUrl: http://127.0.0.1:9000/v1\n', '')), [
+    'providers[0].baseUrl: required for a provider of type "azure"'
   ])
   t.same(problemsOf(withProvider('    baseUrl: http://127.0.0.1/v1\n    maxConection: 5')), [
     'providers[0]: Unrecognized key: "maxConection"'
@@ -303,19 +336,21 @@ t.test('YAML syntax errors', async (t) => {
 
 t.test('HOST, PORT and LOG_LEVEL override the server section', async (t) => {
   const text = `server:\n  host: 10.0.0.1\n  port: 1234\n  logLevel: warn\n${MINIMAL}`
-  t.same(parseConfig(text, {}, 'test.yaml').server, { host: '10.0.0.1', port: 1234, logLevel: 'warn', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS })
+  t.same(parseConfig(text, {}, 'test.yaml').server, { host: '10.0.0.1', port: 1234, logLevel: 'warn', shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS, ...SERVER_HARDENING })
   t.same(parseConfig(text, { HOST: '0.0.0.0', PORT: '9090', LOG_LEVEL: 'debug' }, 'test.yaml').server, {
     host: '0.0.0.0',
     port: 9090,
     logLevel: 'debug',
-    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS
+    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
+    ...SERVER_HARDENING
   })
   t.same(parseConfig(MINIMAL, { PORT: '0' }, 'test.yaml').server.port, 0, 'port 0 (any free port)')
   t.same(parseConfig(text, { PORT: '', HOST: '', LOG_LEVEL: '' }, 'test.yaml').server, {
     host: '10.0.0.1',
     port: 1234,
     logLevel: 'warn',
-    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS
+    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
+    ...SERVER_HARDENING
   }, 'empty variables change nothing')
   for (const port of ['abc', '65536', '-1', '80.5']) {
     t.same(problemsOf(text, { PORT: port }), [`PORT: "${port}" is not a port number`], `PORT=${port}`)
@@ -378,4 +413,28 @@ t.test('redis: exactly one of url, sentinels or cluster; REDIS_URL replaces the 
   t.same(problemsOf(withRedis('  url: redis://a:6379\n  password: secret-pass\n')), ['redis.password: with url, put the credentials in the URL'])
   const overridden = parseConfig(withRedis('  cluster: [{ host: b, port: 7000 }]\n  keyPrefix: "gw2:"\n'), { REDIS_URL: 'redis://c:6380' }, 't.yaml')
   t.same(overridden.redis, { url: 'redis://c:6380', keyPrefix: 'gw2:' })
+})
+
+t.test('server: slow-client timeouts and trustProxy', async (t) => {
+  const server = (section: string) => parseConfig(`server:\n${section}\n${MINIMAL}`, { PROXIES: '10.0.0.0/8, 127.0.0.1' }, 't.yaml').server
+  t.match(server('  headersTimeoutMs: 5000\n  keepAliveTimeoutMs: 1000\n  requestTimeoutMs: 5000'), {
+    headersTimeoutMs: 5000,
+    keepAliveTimeoutMs: 1000,
+    requestTimeoutMs: 5000
+  })
+  t.same(problemsOf(`server:\n  requestTimeoutMs: 1000\n${MINIMAL}`), ['server.requestTimeoutMs: must be 0 (off) or at least headersTimeoutMs'])
+  t.same(problemsOf(`server:\n  headersTimeoutMs: 0\n${MINIMAL}`), ['server.headersTimeoutMs: Too small: expected number to be >0'])
+
+  t.equal(server('  trustProxy: true').trustProxy, true)
+  t.same(server('  trustProxy: [loopback, 10.0.0.0/8, "fd00::/8", 192.168.1.10]').trustProxy, ['loopback', '10.0.0.0/8', 'fd00::/8', '192.168.1.10'])
+  t.same(server('  trustProxy: ${PROXIES}').trustProxy, ['10.0.0.0/8', '127.0.0.1'], 'a comma-separated string from the environment')
+  t.equal(server('  trustProxy: ${UNSET:-false}').trustProxy, false, '"false" from the environment')
+  t.equal(server('  trustProxy: []').trustProxy, false, 'an empty list trusts nobody')
+  t.same(problemsOf(`server:\n  trustProxy: 1\n${MINIMAL}`), [
+    "server.trustProxy: a hop count is not supported (fastify 5 would trust no proxy): list the proxies' addresses"
+  ])
+  t.same(problemsOf(`server:\n  trustProxy: [10.0.0.0/33, proxy.internal]\n${MINIMAL}`), [
+    'server.trustProxy: "10.0.0.0/33" is not an IP address, a CIDR or one of loopback, linklocal, uniquelocal',
+    'server.trustProxy: "proxy.internal" is not an IP address, a CIDR or one of loopback, linklocal, uniquelocal'
+  ])
 })

@@ -1,0 +1,109 @@
+import type { RedisClient } from '../redis/client.js'
+
+/** One deployment's cooldown as every instance should see it. */
+export interface CooldownNotice {
+  id: string
+  /** Epoch ms the cooldown ends; 0 when the deployment is back. */
+  until: number
+  /** Cooldowns in a row, which sets the next one's length. */
+  level: number
+  reason: string | null
+}
+
+/**
+ * Where instances tell each other which deployments are cooling down. In-process there is no one
+ * to tell; with Redis, notices are kept in one hash (read at startup and on reconnect) and
+ * published, so an instance that joins or reconnects late still learns of a cooldown in force.
+ */
+export interface CooldownBoard {
+  announce(notice: CooldownNotice): void
+  /** Called with each notice from elsewhere (and, for Redis, those already in force at startup). */
+  listen(listener: (notice: CooldownNotice) => void): void
+  close(): Promise<void>
+}
+
+export const localBoard = (): CooldownBoard => ({
+  announce: () => undefined,
+  listen: () => undefined,
+  close: async () => undefined
+})
+
+function parseNotice(text: string): CooldownNotice | null {
+  try {
+    const value: unknown = JSON.parse(text)
+    if (value === null || typeof value !== 'object') return null
+    const { id, until, level, reason } = value as Record<string, unknown>
+    if (typeof id !== 'string' || typeof until !== 'number' || typeof level !== 'number') return null
+    return { id, until, level, reason: typeof reason === 'string' ? reason : null }
+  } catch {
+    return null
+  }
+}
+
+export class RedisCooldownBoard implements CooldownBoard {
+  private readonly redis: RedisClient
+  private readonly subscriber: RedisClient
+  private readonly key: string
+  private readonly listeners: ((notice: CooldownNotice) => void)[] = []
+  private closed = false
+  private readonly onMessage = (channel: string, message: string): void => {
+    if (channel !== this.key) return
+    const notice = parseNotice(message)
+    if (notice !== null) this.deliver(notice)
+  }
+  private readonly onReady = (): void => this.subscribe()
+
+  /** `subscriber` may be shared with other channels; only this board's channel is read here. */
+  constructor(redis: RedisClient, subscriber: RedisClient, prefix: string) {
+    this.redis = redis
+    this.subscriber = subscriber
+    // The hash and the channel share one name: one Cluster slot, one thing to look for.
+    this.key = `${prefix}cooldowns`
+    subscriber.on('message', this.onMessage)
+    subscriber.on('ready', this.onReady)
+    this.subscribe()
+  }
+
+  private subscribe(): void {
+    if (this.closed) return
+    this.subscriber.subscribe(this.key).then(
+      () => this.load(),
+      () => undefined // 'ready' comes again when the connection is back
+    )
+  }
+
+  /** What is in force already: notices published while this instance was away are in the hash. */
+  private load(): void {
+    this.redis.hgetall(this.key).then(
+      (entries) => {
+        for (const text of Object.values(entries)) {
+          const notice = parseNotice(text)
+          if (notice !== null) this.deliver(notice)
+        }
+      },
+      () => undefined
+    )
+  }
+
+  private deliver(notice: CooldownNotice): void {
+    for (const listener of this.listeners) listener(notice)
+  }
+
+  announce(notice: CooldownNotice): void {
+    const text = JSON.stringify(notice)
+    const kept = notice.until === 0 ? this.redis.hdel(this.key, notice.id) : this.redis.hset(this.key, notice.id, text)
+    // Best effort: with Redis away, this instance still routes by its own view.
+    Promise.all([kept, this.redis.publish(this.key, text)]).catch(() => undefined)
+  }
+
+  listen(listener: (notice: CooldownNotice) => void): void {
+    this.listeners.push(listener)
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    this.subscriber.off('message', this.onMessage)
+    this.subscriber.off('ready', this.onReady)
+    await this.subscriber.unsubscribe(this.key).catch(() => undefined)
+  }
+}
