@@ -54,7 +54,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     bodyLimit: SMALL_BODY_LIMIT_BYTES,
     return503OnClosing: true
   })
-  const registry = new Registry(config)
+  const registry = await Registry.create(config)
   const backend = options.backend ?? createBackend(config)
   const authenticator = new Authenticator(backend.store, {
     ttlMs: config.keys.cacheTtlMs,

@@ -3,7 +3,7 @@ import { runKeysCommand } from './cli/keys-command.js'
 import { ConfigError, loadConfig } from './config/load.js'
 import { createBackend } from './keys/backend.js'
 import { whenReady } from './redis/client.js'
-import { EXAMPLE_CONFIG_PATH, startServer } from './server.js'
+import { DEFAULT_CONFIG_PATH, startServer } from './server.js'
 
 const USAGE = `usage: image-gateway [serve | check-config | keys ...]
   serve          start the gateway (the default); config from GATEWAY_CONFIG
@@ -12,7 +12,7 @@ const USAGE = `usage: image-gateway [serve | check-config | keys ...]
                  'image-gateway keys --help' for details`
 
 async function keys(args: string[]): Promise<number> {
-  const config = loadConfig(process.env.GATEWAY_CONFIG ?? EXAMPLE_CONFIG_PATH, process.env)
+  const config = loadConfig(process.env.GATEWAY_CONFIG ?? DEFAULT_CONFIG_PATH, process.env)
   if (config.redis === undefined) {
     console.error(
       'keys: the gateway has no Redis configured (REDIS_URL or redis.url), and keys made here would vanish with this process.\n' +
@@ -36,7 +36,7 @@ async function main(args: string[]): Promise<number> {
     return -1
   }
   if (command === 'check-config') {
-    const path = process.env.GATEWAY_CONFIG ?? EXAMPLE_CONFIG_PATH
+    const path = process.env.GATEWAY_CONFIG ?? DEFAULT_CONFIG_PATH
     loadConfig(path, process.env)
     console.log(`${path}: valid`)
     return 0

@@ -2,18 +2,22 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildApp } from './app.js'
 import { loadConfig, type Env } from './config/load.js'
+import { LOCAL_PROVIDER_TYPES } from './config/schema.js'
 import { looksLikeKey, newKey } from './keys/key-material.js'
 import { MemoryKeyStore } from './keys/memory-store.js'
 import { shutdown } from './lifecycle.js'
 import { createLogger } from './logging.js'
 import { safeError } from './errors/safe-error.js'
 
-/** Used when GATEWAY_CONFIG is not set: relays to OpenAI with OPENAI_API_KEY. */
-export const EXAMPLE_CONFIG_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'config', 'gateway.example.yaml')
+const CONFIG_DIRECTORY = join(dirname(fileURLToPath(import.meta.url)), '..', 'config')
+/** Used when GATEWAY_CONFIG is not set: every model served by the sandbox, for a first run. */
+export const DEFAULT_CONFIG_PATH = join(CONFIG_DIRECTORY, 'gateway.sandbox.yaml')
+/** The starting point for a real deployment: relays to OpenAI with OPENAI_API_KEY. */
+export const EXAMPLE_CONFIG_PATH = join(CONFIG_DIRECTORY, 'gateway.example.yaml')
 
 /** Loads config, listens, and closes cleanly on SIGTERM/SIGINT. Nothing testable lives here. */
 export async function startServer(env: Env): Promise<void> {
-  const configPath = env.GATEWAY_CONFIG ?? EXAMPLE_CONFIG_PATH
+  const configPath = env.GATEWAY_CONFIG ?? DEFAULT_CONFIG_PATH
   const config = loadConfig(configPath, env)
   const logger = createLogger(config.server.logLevel)
   // A rejection nobody handled is a bug of ours; one request's bug must not end every other request.
@@ -23,7 +27,7 @@ export async function startServer(env: Env): Promise<void> {
   logger.info({ store: backend.describe }, 'key store')
   if (backend.store instanceof MemoryKeyStore) await addDevelopmentKey(backend.store, env)
   for (const provider of config.providers) {
-    if (provider.apiKey === undefined) logger.warn({ provider: provider.id }, 'provider has no apiKey: upstream calls go unauthenticated')
+    if (provider.apiKey === undefined && !LOCAL_PROVIDER_TYPES.includes(provider.type)) logger.warn({ provider: provider.id }, 'provider has no apiKey: upstream calls go unauthenticated')
   }
   let closing = false
   const close = (signal: string): void => {

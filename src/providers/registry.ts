@@ -3,9 +3,13 @@ import type { Config, ProviderConfig } from '../config/schema.js'
 import { rulesFor, type Endpoint, type ModelRules } from '../openai/models.js'
 import { azureAdapter } from './azure.js'
 import { openaiAdapter } from './openai.js'
+import { sandboxAdapter } from './sandbox.js'
+import { startSandbox, type SandboxServer } from '../sandbox/server.js'
 import type { ProviderAdapter, UpstreamTarget } from './types.js'
 
-const ADAPTERS: ReadonlyMap<string, ProviderAdapter> = new Map([openaiAdapter, azureAdapter].map((a) => [a.type, a]))
+const ADAPTERS: ReadonlyMap<string, ProviderAdapter> = new Map(
+  [openaiAdapter, azureAdapter, sandboxAdapter].map((a) => [a.type, a])
+)
 
 const ENDPOINTS: readonly Endpoint[] = ['generations', 'edits', 'variations']
 
@@ -67,8 +71,29 @@ export class Registry {
   /** Every deployment once, by id (two models may share one). */
   readonly deployments: ReadonlyMap<string, Deployment>
   readonly secrets: readonly string[]
+  private readonly sandboxes: readonly SandboxServer[]
 
-  constructor(config: Config) {
+  /** Builds the registry, starting a sandbox server for each provider of type `sandbox`. */
+  static async create(config: Config): Promise<Registry> {
+    const sandboxes: SandboxServer[] = []
+    try {
+      const providers = await Promise.all(
+        config.providers.map(async (provider) => {
+          if (provider.type !== sandboxAdapter.type) return provider
+          const sandbox = await startSandbox()
+          sandboxes.push(sandbox)
+          return { ...provider, baseUrl: `${sandbox.origin}/v1` }
+        })
+      )
+      return new Registry({ ...config, providers }, sandboxes)
+    } catch (err) {
+      await Promise.all(sandboxes.map((s) => s.close()))
+      throw err
+    }
+  }
+
+  private constructor(config: Config, sandboxes: readonly SandboxServer[]) {
+    this.sandboxes = sandboxes
     this.providers = new Map(config.providers.map((p) => [p.id, createProvider(p)]))
     const deployments = new Map<string, Deployment>()
     this.models = new Map(
@@ -92,5 +117,6 @@ export class Registry {
 
   async close(): Promise<void> {
     await Promise.all([...this.providers.values()].map((p) => p.dispatcher.close()))
+    await Promise.all(this.sandboxes.map((s) => s.close()))
   }
 }
