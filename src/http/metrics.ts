@@ -52,7 +52,7 @@ export default async function metricsRoutes(
   })
   const upstreamErrors = new Counter({
     name: 'image_gateway_upstream_errors_total',
-    help: 'Upstream failures by kind: a gateway error code (unreachable, timeout, ...) or the upstream status class.',
+    help: 'Upstream failures by kind: a gateway error code (unreachable, timeout, ...), the upstream status class, or, for attempts that failed over, the failure kind (connect, reset, rate_limited, ...).',
     labelNames: ['deployment', 'kind'],
     registers: [registry]
   })
@@ -82,6 +82,8 @@ export default async function metricsRoutes(
     if (summary.images !== null && summary.status < 300) images.inc({ model: labels.model }, summary.images)
     bytes.inc({ direction: 'in' }, summary.bytesIn)
     bytes.inc({ direction: 'out' }, summary.bytesOut)
+    // Attempts that failed over to another deployment count against the one that failed.
+    for (const attempt of summary.failover ?? []) upstreamErrors.inc({ deployment: attempt.deployment, kind: attempt.kind })
     const deployment = summary.deployment ?? 'none'
     if (summary.errorCode?.startsWith('upstream_')) upstreamErrors.inc({ deployment, kind: summary.errorCode })
     else if (summary.upstreamStatus !== null && summary.upstreamStatus >= 400) {

@@ -106,6 +106,9 @@ t.test('a refused connection fails over, and the answer names the deployment tha
   const line = gateway.logs().find((l) => l.msg === 'request')
   t.equal(line?.deployment, 'up/gpt-image-1')
   t.same(line?.failover, [{ deployment: 'dead/gpt-image-1', kind: 'connect' }])
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text()
+  t.match(metrics, 'image_gateway_upstream_errors_total{deployment="dead/gpt-image-1",kind="connect"} 1')
+  t.match(metrics, 'image_gateway_requests_total{route="/v1/images/generations",model="gpt-image-1",deployment="up/gpt-image-1",status="200"} 1')
 })
 
 t.test('429, 500, 502, 503, 401 and 403 fail over; the next deployment gets the same request', async (t) => {
