@@ -11,6 +11,7 @@ import metricsRoutes from './http/metrics.js'
 import requestContext, { requestId } from './http/request-context.js'
 import bodyIdle, { clientErrorHandler, httpServerOptions } from './http/slow-clients.js'
 import { Authenticator } from './keys/authenticator.js'
+import { createIdempotency } from './idempotency/guard.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
 import { Meter } from './limits/charge.js'
 import { Registry } from './providers/registry.js'
@@ -66,6 +67,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   const board = shared === null ? localBoard() : new RedisCooldownBoard(shared.redis, shared.subscriber, shared.keyPrefix)
   const health = new DeploymentHealth(config.routing.cooldown, board)
   const meter = new Meter({ store: backend.store, costs: priceCostModel(config.prices), leaseMs: config.keys.leaseMs, log: app.log })
+  const idempotency = createIdempotency(config.idempotency, shared)
   app.decorate('registry', registry)
   app.decorate('health', health)
   app.decorate('keys', { backend, authenticator, meter })
@@ -73,6 +75,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   app.addHook('onClose', async () => {
     await meter.close()
     await health.close()
+    await idempotency.close()
     await Promise.all([registry.close(), backend.store.close()])
   })
 
@@ -83,7 +86,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   await app.register(bodyIdle, { idleMs: config.limits.uploadIdleMs })
   await app.register(auth, { authenticator })
   await app.register(imageRoutes, {
-    relay: { registry, limits: config.limits, routing: config.routing, health, meter },
+    relay: { registry, limits: config.limits, routing: config.routing, health, meter, idempotency },
     shared: backend.shared
   })
   await app.register(modelRoutes, { registry })

@@ -67,3 +67,17 @@ export const DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS = 2_000
 export const DEFAULT_KEY_STALE_MS = 60_000
 /** A concurrency slot or budget reservation that is never released (a crashed instance) lapses after this. */
 export const DEFAULT_LEASE_MS = 15 * 60_000
+
+/**
+ * An Idempotency-Key's outcome is kept this long: a repeat within it gets the stored answer (or is
+ * refused), never a second run. 24 hours, as Stripe and the IETF idempotency-key draft's examples use.
+ */
+export const DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 60 * 60_000
+/** The largest answer kept for replay; GPT image answers carry base64 images of several MB each. */
+export const DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES = 32 * 1024 * 1024
+/**
+ * How long a repeat waits for the first request with its key to finish before a 409. Under the
+ * 60 s idle timeout of common load balancers; the SDKs retry the 409 (after `retry-after`), and
+ * wait here again, so three tries of the SDK cover about 90 s of generation.
+ */
+export const DEFAULT_IDEMPOTENCY_WAIT_MS = 30_000

@@ -11,6 +11,9 @@ import {
   DEFAULT_HEADERS_TIMEOUT_MS,
   DEFAULT_HOLD_MEMORY_BYTES,
   DEFAULT_HOST,
+  DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES,
+  DEFAULT_IDEMPOTENCY_TTL_MS,
+  DEFAULT_IDEMPOTENCY_WAIT_MS,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
   DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
@@ -231,6 +234,19 @@ const keysSchema = z
   })
   .strict()
 
+/** Requests with an Idempotency-Key header run once per key, caller and endpoint (docs/routing.md#idempotency). */
+const idempotencySchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    /** How long a key's outcome (its stored answer, or the fact that it ran) is kept. */
+    ttlMs: positiveInt.default(DEFAULT_IDEMPOTENCY_TTL_MS),
+    /** Larger answers are not kept: a repeat gets 409 idempotency_answer_not_stored. 0 keeps none. */
+    maxStoredBytes: z.number().int().min(0).default(DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES),
+    /** How long a repeat waits for the first request to finish before 409 idempotency_in_progress. */
+    waitMs: z.number().int().min(0).default(DEFAULT_IDEMPOTENCY_WAIT_MS)
+  })
+  .strict()
+
 const adminSchema = z
   .object({
     /** Bearer token for /admin/*; none means the admin API is off. */
@@ -249,6 +265,7 @@ export const configSchema = z
     routing: routingSchema.prefault({}),
     redis: redisSchema.optional(),
     keys: keysSchema.prefault({}),
+    idempotency: idempotencySchema.prefault({}),
     admin: adminSchema.prefault({}),
     /** Prices per model (USD), over the shipped defaults (docs/prices.md). */
     prices: priceTableSchema.optional(),

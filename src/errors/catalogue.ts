@@ -86,11 +86,31 @@ export const CATALOGUE = {
     type: 'invalid_request_error',
     when: 'no deployment of the model serves this endpoint (variations on Azure, say)'
   },
+  invalid_idempotency_key: {
+    status: 400,
+    type: 'invalid_request_error',
+    when: 'the Idempotency-Key header is empty, longer than 255 characters, or not printable ASCII'
+  },
+  idempotency_key_reused: {
+    status: 422,
+    type: 'invalid_request_error',
+    when: 'the Idempotency-Key was used with a different request (body, model or form) to the same endpoint within idempotency.ttlMs'
+  },
+  idempotency_in_progress: {
+    status: 409,
+    type: 'invalid_request_error',
+    when: 'the first request with this Idempotency-Key is still running after idempotency.waitMs (retry-after: 1; the SDKs retry)'
+  },
+  idempotency_answer_not_stored: {
+    status: 409,
+    type: 'invalid_request_error',
+    when: 'a request with this Idempotency-Key already ran but its answer was not kept (too large, an event stream, cut off, or its outcome unknown); it is not run twice (x-should-retry: false)'
+  },
   unknown_url: { status: 404, type: 'invalid_request_error', when: 'no such route' },
   service_unavailable: {
     status: 503,
     type: 'server_error',
-    when: 'the key store (Redis) cannot be reached and the key is not in the cache'
+    when: 'the key store (Redis) cannot be reached and the key is not in the cache, or a request\'s Idempotency-Key cannot be checked'
   },
   upstream_unreachable: {
     status: 502,

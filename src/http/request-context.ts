@@ -31,6 +31,8 @@ export interface RequestContext {
   images: number | null
   /** Which limit refused the request (requests, images, concurrency, budget), if one did. */
   limit: string | null
+  /** With an Idempotency-Key: replayed, stored, released or not_stored:<reason> (src/idempotency/guard.ts). */
+  idempotent: string | null
   logged: boolean
 }
 
@@ -48,6 +50,8 @@ export interface RequestSummary {
   upstreamRequestId: string | null
   errorCode: string | null
   limit: string | null
+  /** Only for requests with an Idempotency-Key. */
+  idempotent?: string
   images: number | null
   bytesIn: number
   bytesOut: number
@@ -96,6 +100,7 @@ function finishRequest(app: FastifyInstance, request: FastifyRequest, reply: Fas
     upstreamRequestId: context.upstreamRequestId,
     errorCode: context.errorCode,
     limit: context.limit,
+    ...(context.idempotent === null ? {} : { idempotent: context.idempotent }),
     images: context.images,
     bytesIn: context.body?.bytesIn ?? 0,
     // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
@@ -130,6 +135,7 @@ async function requestContext(app: FastifyInstance): Promise<void> {
       firstByteAt: null,
       images: null,
       limit: null,
+      idempotent: null,
       logged: false
     }
     reply.header('x-request-id', request.id)

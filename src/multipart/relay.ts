@@ -151,7 +151,15 @@ export class MultipartRelay {
    */
   private deliver(chunk: Buffer): void {
     if (this.recording) this.record(chunk)
-    if (this.output !== null && !this.output.push(chunk)) this.source.pause()
+    // While a replay runs, it reads what was just recorded: pushing too would send it twice. With
+    // no live body (between attempts) the source waits for the next one.
+    if (!this.isLive() || this.output === null) this.source.pause()
+    else if (!this.output.push(chunk)) this.source.pause()
+  }
+
+  /** Live bytes go straight to the current upstream body (no replay before them). */
+  private isLive(): boolean {
+    return this.mode === 'streaming' && this.replay === null && this.output !== null && !this.output.destroyed
   }
 
   private record(chunk: Buffer): void {
@@ -178,7 +186,7 @@ export class MultipartRelay {
    * body has room is its own business: a full one pauses the source again on the next push.)
    */
   private wantsMore(): boolean {
-    return this.mode === 'streaming' && !this.sourceEnded && !this.gating && this.spoolWrites === 0 && this.output !== null
+    return this.isLive() && !this.sourceEnded && !this.gating && this.spoolWrites === 0
   }
 
   /**
@@ -222,6 +230,8 @@ export class MultipartRelay {
         this.gating = false
         if (this.mode === 'failed') return
         this.deliver(chunk)
+        // Between attempts, or during a replay, the replay's end ends the body.
+        if (!this.isLive()) return
         if (this.sourceEnded) this.endOutput()
         else if (this.wantsMore()) this.source.resume()
       },
@@ -312,19 +322,26 @@ export class MultipartRelay {
       }
     })
     this.output = output
-    const rewrite = this.rewriteFor(upstreamModel, clientModel)
+    this.replayFrom(output, this.rewriteFor(upstreamModel, clientModel), 0)
+    return output
+  }
+
+  /**
+   * Sends the kept bytes from `from` on into `output`. The source is paused meanwhile, but a chunk
+   * already on its way (or one let through by the end gate) is kept too, so the replay reads on
+   * until the spool stops growing, and checks once more when it ends.
+   */
+  private replayFrom(output: Readable, rewrite: Rewrite | null, from: number): void {
     const spool = this.spool
+    const progress = { to: from }
     const replay = Readable.from(
       (async function* () {
-        // What the spool holds when the replay starts; the source is paused, but a chunk already
-        // on its way is kept too, so the replay reads on until the spool stops growing.
-        let from = 0
         for (;;) {
           await spool.settled()
           const to = spool.size
-          if (from >= to) return
-          yield* readRewritten(spool, rewrite, from, to)
-          from = to
+          if (progress.to >= to) return
+          yield* readRewritten(spool, rewrite, progress.to, to)
+          progress.to = to
         }
       })()
     )
@@ -337,12 +354,17 @@ export class MultipartRelay {
       if (this.replay !== replay) return
       this.replay = null
       if (this.mode === 'failed') return
+      if (this.spool.size > progress.to) {
+        this.replayFrom(output, rewrite, progress.to)
+        return
+      }
       this.mode = 'streaming'
       if (!this.recording) void this.spool.dispose()
+      // A closing chunk still at the end gate is not in the spool yet: the gate ends the body.
+      if (this.gating) return
       if (this.sourceEnded) this.endOutput()
       else if (this.wantsMore()) this.source.resume()
     })
-    return output
   }
 
   /** Lets go of a failed attempt's body; the source waits (bytes that still come are kept) until the next. */

@@ -76,15 +76,18 @@ export class Registry {
   /** Builds the registry, starting a sandbox server for each provider of type `sandbox`. */
   static async create(config: Config): Promise<Registry> {
     const sandboxes: SandboxServer[] = []
+    // One at a time, so that a failure leaves no sandbox starting after it was seen.
     try {
-      const providers = await Promise.all(
-        config.providers.map(async (provider) => {
-          if (provider.type !== sandboxAdapter.type) return provider
-          const sandbox = await startSandbox()
-          sandboxes.push(sandbox)
-          return { ...provider, baseUrl: `${sandbox.origin}/v1` }
-        })
-      )
+      const providers = []
+      for (const provider of config.providers) {
+        if (provider.type !== sandboxAdapter.type) {
+          providers.push(provider)
+          continue
+        }
+        const sandbox = await startSandbox()
+        sandboxes.push(sandbox)
+        providers.push({ ...provider, baseUrl: `${sandbox.origin}/v1` })
+      }
       return new Registry({ ...config, providers }, sandboxes)
     } catch (err) {
       await Promise.all(sandboxes.map((s) => s.close()))

@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import { GatewayError } from '../errors/catalogue.js'
 import type { Config } from '../config/schema.js'
+import type { Idempotency } from '../idempotency/guard.js'
 import type { Charge, Meter } from '../limits/charge.js'
 import type { Fields } from '../openai/validate.js'
 import type { Endpoint } from '../openai/models.js'
@@ -11,7 +12,7 @@ import type { Deployment, Registry, RoutedModel } from '../providers/registry.js
 import { candidates } from '../routing/balancer.js'
 import type { DeploymentHealth } from '../routing/health.js'
 import { answerFailure, isFailoverStatus, transportFailure, type AttemptFailure } from '../routing/outcome.js'
-import { readErrorBody, relayError, relaySuccess, type AnswerContext } from '../upstream/answer.js'
+import { readErrorBody, relayError, relaySuccess, type AnswerContext, type AnswerRecorder, type LostAnswer } from '../upstream/answer.js'
 import { TransportError, forward } from '../upstream/forward.js'
 import { upstreamRequestHeaders } from '../upstream/headers.js'
 import { mapTransportError } from '../upstream/transport-errors.js'
@@ -24,6 +25,8 @@ export interface RelayContext {
   routing: Config['routing']
   health: DeploymentHealth
   meter: Meter
+  /** Requests with an Idempotency-Key run once (src/idempotency/guard.ts). */
+  idempotency: Idempotency
 }
 
 /** Takes the request's share of its key's limits (after routing and validation, before dispatch). */
@@ -51,14 +54,21 @@ export function findModel(registry: Registry, name: string): RoutedModel {
 }
 
 /** The deployments to try for this request, in order (see routing/balancer.ts); never empty. */
-export function route(context: RelayContext, routed: RoutedModel, endpoint: Endpoint): [Deployment, ...Deployment[]] {
-  const [first, ...rest] = candidates(routed.deployments, endpoint, context.health)
+export function route(context: RelayContext, routed: RoutedModel, endpoint: Endpoint): Route {
+  const { order, fallback } = candidates(routed.deployments, endpoint, context.health)
+  const [first, ...rest] = order
   if (first === undefined) {
     throw new GatewayError('endpoint_not_supported', `The model '${routed.name}' has no deployment that serves image ${endpoint}.`, {
       param: 'model'
     })
   }
-  return [first, ...rest]
+  return { order: [first, ...rest], fallback }
+}
+
+export interface Route {
+  order: [Deployment, ...Deployment[]]
+  /** Every deployment was cooling down: they are tried anyway (see routing/balancer.ts). */
+  fallback: boolean
 }
 
 /** One attempt's request body. */
@@ -72,13 +82,27 @@ export interface AttemptBody {
 export interface Dispatch {
   endpoint: Endpoint
   /** The deployments to try, in order (from `route`). */
-  order: readonly Deployment[]
+  route: Route
   contentType: string
   signal: AbortSignal
   /** The request's hold on its key's limits; settled here, whatever happens. */
   charge: Charge | null
   /** The body for an attempt at this deployment; null when it cannot be sent again. */
   bodyFor: (deployment: Deployment) => AttemptBody | null
+  /** Told how the request ended, beside the charge (idempotency keeps the answer); null: no one. */
+  recorder?: AnswerRecorder | null
+}
+
+/** Nothing that costs was made. */
+function failed(job: Dispatch): void {
+  job.charge?.failed()
+  job.recorder?.failed()
+}
+
+/** The upstream had the request, and may have done (and billed) the work. */
+function abandoned(job: Dispatch, why: LostAnswer): void {
+  job.charge?.abandoned()
+  job.recorder?.abandoned(why)
 }
 
 interface Failed {
@@ -102,11 +126,14 @@ function answerContext(registry: Registry, deployment: Deployment): AnswerContex
 export async function dispatch(context: RelayContext, request: FastifyRequest, reply: FastifyReply, job: Dispatch): Promise<void> {
   const { routing } = context
   const started = Date.now()
-  const queue = [...job.order]
+  const queue = [...job.route.order]
   let last: Failed | null = null
   let waitedOnce = false
-  for (let attempt = 0; attempt < routing.maxAttempts; attempt++) {
+  let attempt = 0
+  while (attempt < routing.maxAttempts) {
     let deployment = queue.shift()
+    // Taken out (or its one probe taken by another request) since this request was routed.
+    if (deployment !== undefined && !job.route.fallback && queue.length > 0 && context.health.availability(deployment.id) === 'cooling') continue
     if (deployment === undefined && last !== null && !waitedOnce) {
       // No other deployment left: a short retry-after is waited out, once.
       const wait = last.failure.retryAfterMs
@@ -120,6 +147,7 @@ export async function dispatch(context: RelayContext, request: FastifyRequest, r
     if (attempt > 0 && Date.now() - started > routing.maxTotalMs) break
     const body = job.bodyFor(deployment)
     if (body === null) break
+    attempt++
     const outcome = await attemptAt(context, request, reply, job, deployment, body)
     if (outcome === null) return
     last = outcome
@@ -156,8 +184,8 @@ async function attemptAt(
       // The client left or the upload broke a rule: nothing to say about the deployment.
       health.released(deployment.id)
       // A client that left is charged the reservation only if the upstream had the whole request.
-      if (err instanceof ClientClosedError && !abortedBeforeCall && body.wholeRequestSent()) job.charge?.abandoned()
-      else job.charge?.failed()
+      if (err instanceof ClientClosedError && !abortedBeforeCall && body.wholeRequestSent()) abandoned(job, 'client_left')
+      else failed(job)
       throw err
     }
     const failure = transportFailure(err.cause, body.wholeRequestSent())
@@ -166,7 +194,21 @@ async function attemptAt(
   }
   const latency = Date.now() - sentAt
   if (isFailoverStatus(upstream.statusCode)) {
-    const raw = await readErrorBody(upstream)
+    let raw: Buffer
+    try {
+      raw = await readErrorBody(upstream)
+    } catch (err) {
+      // The error answer broke off while read: the deployment failed all the same, unless the
+      // client left (then nothing is known about it).
+      if (job.signal.aborted) {
+        health.released(deployment.id)
+        failed(job)
+        throw job.signal.reason
+      }
+      const failure = transportFailure(err, body.wholeRequestSent())
+      health.failed(deployment.id, failure.kind, latency)
+      return { deployment, failure: { ...failure, failover: true }, answer: { error: mapTransportError(err, deployment.provider.id) } }
+    }
     const failure = answerFailure(upstream.statusCode, upstream.headers, deployment.provider.adapter.normaliseError(raw, upstream.statusCode))
     if (failure !== null) {
       health.failed(deployment.id, failure.kind, latency, {
@@ -180,13 +222,14 @@ async function attemptAt(
   health.succeeded(deployment.id, latency)
   noteAnswer(request, reply, deployment, upstream)
   if (upstream.statusCode >= 200 && upstream.statusCode < 300) {
-    relaySuccess(reply, upstream, job.charge)
+    relaySuccess(reply, upstream, job.charge, job.recorder ?? null)
     return null
   }
-  job.charge?.failed()
+  failed(job)
   relayError(reply, upstream, await readErrorBody(upstream), answerContext(context.registry, deployment))
   return null
 }
+
 
 function noteAnswer(request: FastifyRequest, reply: FastifyReply, deployment: Deployment, upstream: Dispatcher.ResponseData): void {
   request.gateway.upstreamStatus = upstream.statusCode
@@ -202,8 +245,8 @@ function noteAnswer(request: FastifyRequest, reply: FastifyReply, deployment: De
 async function answerWithFailure(context: RelayContext, reply: FastifyReply, job: Dispatch, last: Failed): Promise<void> {
   const { deployment, failure, answer } = last
   const mayHaveStarted = !failure.failover
-  if (mayHaveStarted) job.charge?.abandoned()
-  else job.charge?.failed()
+  if (mayHaveStarted) abandoned(job, 'upstream_failed')
+  else failed(job)
   if ('error' in answer) {
     const err = answer.error
     if (!mayHaveStarted) throw err

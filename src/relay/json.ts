@@ -2,6 +2,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel, validateFields, validateJsonEdit, type Fields } from '../openai/validate.js'
 import { assertModelAllowed } from '../http/auth.js'
+import { jsonFingerprint } from '../idempotency/fingerprint.js'
+import { REPLAYED } from '../idempotency/guard.js'
 import { admit, dispatch, findModel, route, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
@@ -38,15 +40,22 @@ export async function relayJson(
   assertModelAllowed(request, model)
   validateFields(endpoint, model, routed.rules, fields)
   if (endpoint === 'edits') validateJsonEdit(model, routed.rules, fields)
-  const order = route(context, routed, endpoint)
+  const routing = route(context, routed, endpoint)
+  // Before the key's limits are taken: a replay costs none of them.
+  const run = await context.idempotency.open(request, reply, { endpoint, fingerprint: () => jsonFingerprint(body.raw), signal: lifetime.signal })
+  if (run === REPLAYED) return
   // Priced by the first choice: the deployments of one model are meant to be the same model.
-  const charge = await admit(context, request, model, order[0], endpoint, fields)
+  const charge = await admit(context, request, model, routing.order[0], endpoint, fields).catch((err: unknown) => {
+    run?.failed()
+    throw err
+  })
   await dispatch(context, request, reply, {
     endpoint,
-    order,
+    route: routing,
     contentType: 'application/json',
     signal: lifetime.signal,
     charge,
+    recorder: run,
     bodyFor: (deployment) => {
       const payload =
         requested === deployment.upstreamModel ? body.raw : Buffer.from(JSON.stringify({ ...body.value, model: deployment.upstreamModel }))

@@ -5,6 +5,8 @@ import { isValidBoundary } from '../multipart/scanner.js'
 import { defaultModel, type Endpoint } from '../openai/models.js'
 import { readModel } from '../openai/validate.js'
 import { assertModelAllowed } from '../http/auth.js'
+import { FormDigest, formFingerprint, formWitness } from '../idempotency/fingerprint.js'
+import { REPLAYED } from '../idempotency/guard.js'
 import { admit, dispatch, findModel, route, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
 
@@ -41,6 +43,7 @@ export async function relayMultipart(
   if (length !== null && length > limits.multipartBodyBytes) {
     throw new GatewayError('request_too_large', `The request body is over ${limits.multipartBodyBytes} bytes.`)
   }
+  const idempotent = context.idempotency.keyOf(request) !== null
   const relay = new MultipartRelay(request.raw, {
     endpoint,
     boundary,
@@ -49,6 +52,9 @@ export async function relayMultipart(
     idleTimeoutMs: limits.uploadIdleMs
   })
   request.gateway.body = relay
+  // With an Idempotency-Key, the form is identified as it streams: a stored answer is replayed
+  // only to the same form, whatever its boundary.
+  const form = idempotent ? new FormDigest(request.raw, boundary) : null
   reply.raw.once('close', () => relay.dispose())
   const lifetime = clientLifetime(reply)
   relay.onFailure((err) => lifetime.abort(err))
@@ -59,12 +65,29 @@ export async function relayMultipart(
   const routed = findModel(context.registry, model)
   assertModelAllowed(request, model)
   relay.route(model, routed.rules)
-  const order = route(context, routed, endpoint)
+  const routing = route(context, routed, endpoint)
+  // Before the key's limits are taken: a replay costs none of them. A refused upload is read to
+  // its end (relay.fail), so that the client reads the refusal.
+  const run = await context.idempotency
+    .open(request, reply, {
+      endpoint,
+      fingerprint: () => formFingerprint(model),
+      signal: lifetime.signal,
+      form: form === null ? null : formWitness(relay, form, model)
+    })
+    .catch((err: unknown) => {
+      if (err instanceof GatewayError) relay.fail(err)
+      throw err
+    })
+  if (run === REPLAYED) return
   // Kept for a second attempt only where there can be one: a model with several deployments.
-  if (order.length > 1) relay.keepForReplay(context.routing.replayBodyBytes)
+  if (routing.order.length > 1) relay.keepForReplay(context.routing.replayBodyBytes)
   // Admitted on the fields read so far; an `n` that comes later is topped up before the form's
   // closing chunk goes upstream, so a late `n` cannot slip past the key's limits.
-  const charge = await admit(context, request, model, order[0], endpoint, relay.inspector)
+  const charge = await admit(context, request, model, routing.order[0], endpoint, relay.inspector).catch((err: unknown) => {
+    run?.failed()
+    throw err
+  })
   const key = request.apiKey
   if (charge !== null && key !== null && !relay.inspector.formEnded) {
     relay.setEndGate(() => context.meter.topUp(charge, key, relay.inspector))
@@ -72,10 +95,11 @@ export async function relayMultipart(
   let attempts = 0
   await dispatch(context, request, reply, {
     endpoint,
-    order,
+    route: routing,
     contentType,
     signal: lifetime.signal,
     charge,
+    recorder: run,
     bodyFor: (deployment) => {
       if (attempts++ > 0 && !relay.replayable) return null
       return {

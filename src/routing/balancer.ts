@@ -28,7 +28,7 @@ export function candidates(
   endpoint: Endpoint,
   health: DeploymentHealth,
   random: () => number = Math.random
-): Deployment[] {
+): { order: Deployment[]; fallback: boolean } {
   const able = deployments.filter((d) => d.targets[endpoint] !== undefined)
   const tiers = [...new Set(able.map((d) => d.priority))].sort((a, b) => a - b)
   const order: Deployment[] = []
@@ -37,6 +37,6 @@ export function candidates(
     order.push(...members.filter((d) => health.availability(d.id) === 'probe'))
     order.push(...weightedOrder(members.filter((d) => health.availability(d.id) === 'healthy'), random))
   }
-  if (order.length > 0) return order
-  return [...able].sort((a, b) => health.coolingUntil(a.id) - health.coolingUntil(b.id))
+  if (order.length > 0) return { order, fallback: false }
+  return { order: [...able].sort((a, b) => health.coolingUntil(a.id) - health.coolingUntil(b.id)), fallback: true }
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { RedisClient } from '../redis/client.js'
 
 /** One deployment's cooldown as every instance should see it. */
@@ -40,16 +41,32 @@ function parseNotice(text: string): CooldownNotice | null {
   }
 }
 
+function parseMessage(text: string): { from: string | null; notice: CooldownNotice | null } {
+  const notice = parseNotice(text)
+  let from: string | null = null
+  try {
+    const value: unknown = JSON.parse(text)
+    if (value !== null && typeof value === 'object' && typeof (value as { from?: unknown }).from === 'string') {
+      from = (value as { from: string }).from
+    }
+  } catch {
+    // parseNotice already said null
+  }
+  return { from, notice }
+}
+
 export class RedisCooldownBoard implements CooldownBoard {
   private readonly redis: RedisClient
   private readonly subscriber: RedisClient
   private readonly key: string
   private readonly listeners: ((notice: CooldownNotice) => void)[] = []
   private closed = false
+  /** Published notices carry it, so this instance skips its own when they come back. */
+  private readonly instance = randomUUID()
   private readonly onMessage = (channel: string, message: string): void => {
     if (channel !== this.key) return
-    const notice = parseNotice(message)
-    if (notice !== null) this.deliver(notice)
+    const { from, notice } = parseMessage(message)
+    if (notice !== null && from !== this.instance) this.deliver(notice)
   }
   private readonly onReady = (): void => this.subscribe()
 
@@ -92,8 +109,9 @@ export class RedisCooldownBoard implements CooldownBoard {
   announce(notice: CooldownNotice): void {
     const text = JSON.stringify(notice)
     const kept = notice.until === 0 ? this.redis.hdel(this.key, notice.id) : this.redis.hset(this.key, notice.id, text)
+    const published = this.redis.publish(this.key, JSON.stringify({ ...notice, from: this.instance }))
     // Best effort: with Redis away, this instance still routes by its own view.
-    Promise.all([kept, this.redis.publish(this.key, text)]).catch(() => undefined)
+    Promise.all([kept, published]).catch(() => undefined)
   }
 
   listen(listener: (notice: CooldownNotice) => void): void {

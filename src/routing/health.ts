@@ -127,22 +127,34 @@ export class DeploymentHealth {
   failed(id: string, kind: FailureKind, latencyMs: number, takeOut: { forMs?: number; now?: boolean } = {}): void {
     const state = this.state(id)
     this.record(state, { ok: false, ms: latencyMs })
-    state.consecutiveFailures++
     const wasProbe = state.probing
     state.probing = false
-    const due = wasProbe || takeOut.now === true || state.consecutiveFailures >= this.options.failures
-    if (takeOut.forMs === undefined && !due) return
-    let period: number
-    if (takeOut.forMs !== undefined && !due) {
-      period = Math.min(takeOut.forMs, this.options.maxMs)
-    } else {
-      state.level++
-      period = Math.min(this.options.baseMs * 2 ** (state.level - 1), this.options.maxMs)
-      if (takeOut.forMs !== undefined) period = Math.max(period, Math.min(takeOut.forMs, this.options.maxMs))
+    const now = this.now()
+    if (!wasProbe && now < state.coolingUntil) {
+      // Already out (requests that were in flight when it broke): one cooldown per episode, but a
+      // longer retry-after still extends it.
+      if (takeOut.forMs !== undefined) this.coolUntil(id, state, now + Math.min(takeOut.forMs, this.options.maxMs), kind)
+      return
     }
-    state.coolingUntil = this.now() + period
-    state.reason = kind
-    this.board.announce({ id, until: state.coolingUntil, level: state.level, reason: kind })
+    state.consecutiveFailures++
+    const due = wasProbe || takeOut.now === true || state.consecutiveFailures >= this.options.failures
+    if (due) {
+      state.level++
+      state.consecutiveFailures = 0
+      let period = Math.min(this.options.baseMs * 2 ** (state.level - 1), this.options.maxMs)
+      if (takeOut.forMs !== undefined) period = Math.max(period, Math.min(takeOut.forMs, this.options.maxMs))
+      this.coolUntil(id, state, now + period, kind)
+    } else if (takeOut.forMs !== undefined) {
+      this.coolUntil(id, state, now + Math.min(takeOut.forMs, this.options.maxMs), kind)
+    }
+  }
+
+  /** Never shortens a cooldown in force. */
+  private coolUntil(id: string, state: State, until: number, reason: FailureKind): void {
+    if (until <= state.coolingUntil) return
+    state.coolingUntil = until
+    state.reason = reason
+    this.board.announce({ id, until, level: state.level, reason })
   }
 
   status(id: string): DeploymentStatus {

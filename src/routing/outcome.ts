@@ -7,15 +7,9 @@ import type { FailureKind } from './health.js'
 const FAILOVER_STATUSES: ReadonlySet<number> = new Set([401, 403, 429, 500, 502, 503])
 
 /** Failures in reaching the upstream at all: no byte of the request reached it. */
-const CONNECT_CODES: ReadonlySet<string> = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ETIMEDOUT',
-  'UND_ERR_CONNECT_TIMEOUT'
-])
+// Only codes that cannot come from an established connection: EHOSTUNREACH, ENETUNREACH and
+// ETIMEDOUT can also end a connection mid-request (keepalive probes), so they count as resets.
+const CONNECT_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
 
 export interface AttemptFailure {
   kind: FailureKind
@@ -37,8 +31,10 @@ export function isFailoverStatus(status: number): boolean {
  */
 export function retryAfterMs(headers: IncomingHttpHeaders, now: number = Date.now()): number | null {
   for (const name of ['retry-after-ms', 'x-ms-retry-after-ms']) {
-    const value = Number(headers[name])
-    if (typeof headers[name] === 'string' && Number.isFinite(value) && value >= 0) return value
+    const text = headers[name]
+    if (typeof text !== 'string' || text.trim() === '') continue
+    const value = Number(text)
+    if (Number.isFinite(value) && value >= 0) return value
   }
   const value = headers['retry-after']
   if (typeof value !== 'string' || value.trim() === '') return null

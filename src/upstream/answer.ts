@@ -8,6 +8,31 @@ import type { Charge } from '../limits/charge.js'
 import { clientGone } from '../relay/lifetime.js'
 import { clientResponseHeaders } from './headers.js'
 
+/** Why an answer that may have cost never reached the gateway whole. */
+export type LostAnswer = 'client_left' | 'upstream_failed'
+
+/** Where a copy of a successful answer goes, chunk by chunk, as the client's copy streams. */
+export interface AnswerCopy {
+  push(chunk: Buffer): void
+  /** The upstream's answer was read to its end. */
+  end(): void
+  /** It was not: the client left, or the upstream broke off. */
+  abort(why: LostAnswer): void
+}
+
+/**
+ * Hears how a request ended at the upstream, and may keep a copy of a successful answer
+ * (idempotency does, src/idempotency/guard.ts). Told at the same points as the request's Charge.
+ */
+export interface AnswerRecorder {
+  /** Nothing that costs was made: refused, failed before the upstream had the request, or an error answer. */
+  failed(): void
+  /** The upstream may have done (and billed) work whose answer did not reach the gateway whole. */
+  abandoned(why: LostAnswer): void
+  /** A 2xx answer starts, with the headers the client gets; where to copy its body (null: nowhere). */
+  answer(status: number, headers: Readonly<Record<string, string>>, streaming: boolean): AnswerCopy | null
+}
+
 export interface AnswerContext {
   providerId: string
   /** Credentials that must never reach the client, even when an upstream echoes them. */
@@ -95,11 +120,17 @@ export function relayError(reply: FastifyReply, upstream: Dispatcher.ResponseDat
  * Sends a successful upstream answer to the client as it arrives: JSON, multi-MB b64_json and event
  * streams are piped unchanged with no buffering, while a tap reads what it used.
  */
-export function relaySuccess(reply: FastifyReply, upstream: Dispatcher.ResponseData, charge: Charge | null): void {
+export function relaySuccess(
+  reply: FastifyReply,
+  upstream: Dispatcher.ResponseData,
+  charge: Charge | null,
+  recorder: AnswerRecorder | null = null
+): void {
   const streaming = isEventStream(upstream.headers['content-type'])
   const headers = clientResponseHeaders(upstream.headers, !streaming)
+  const copy = recorder?.answer(upstream.statusCode, headers, streaming) ?? null
   if (streaming) headers['x-accel-buffering'] = 'no'
-  const body = charge === null ? upstream.body : metered(upstream.body, streaming, reply, charge)
+  const body = charge === null && copy === null ? upstream.body : metered(upstream.body, streaming, reply, charge, copy)
   reply
     .code(upstream.statusCode)
     .headers(headers)
@@ -109,25 +140,32 @@ export function relaySuccess(reply: FastifyReply, upstream: Dispatcher.ResponseD
 /**
  * The answer on its way to the client, read on the side for what it used (images, tokens), so the
  * request is charged what it cost once the client has it all; a client that leaves first is
- * charged the reservation (the upstream may have billed).
+ * charged the reservation (the upstream may have billed). A copy, when asked for, gets the same
+ * chunks as they pass (the client's are never held back for it).
  */
-function metered(source: Readable, streaming: boolean, reply: FastifyReply, charge: Charge): Readable {
+function metered(source: Readable, streaming: boolean, reply: FastifyReply, charge: Charge | null, copy: AnswerCopy | null): Readable {
   const tap = new UsageTap(streaming ? 'event-stream' : 'json')
   const tapping = new Transform({
     transform(chunk: Buffer, _encoding, callback) {
       tap.push(chunk)
+      copy?.push(chunk)
       callback(null, chunk)
     },
     // The whole answer has been read: its image count is known before the log line is written.
     flush(callback) {
       reply.request.gateway.images = tap.result().imagesReturned
+      copy?.end()
       callback()
     }
   })
   // pipeline: an error or a destroy on either side tears down both (and so the upstream request).
-  pipeline(source, tapping, () => undefined)
-  if (clientGone(reply)) charge.abandoned()
-  else {
+  pipeline(source, tapping, (err) => {
+    if (err) copy?.abort(clientGone(reply) ? 'client_left' : 'upstream_failed')
+  })
+  if (clientGone(reply)) {
+    charge?.abandoned()
+    copy?.abort('client_left')
+  } else if (charge !== null) {
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) charge.answered(tap.result())
       else charge.abandoned()

@@ -122,6 +122,21 @@ t.test('429, 500, 502, 503, 401 and 403 fail over; the next deployment gets the 
   }
 })
 
+t.test('a 503 whose body breaks off fails over all the same', async (t) => {
+  const cut: Behaviour = async (request, response, received) => {
+    await readAll(request, received)
+    response.writeHead(503, { 'content-type': 'application/json', 'content-length': '500' })
+    response.write('{"error":{"message":"bu')
+    setTimeout(() => response.socket?.destroy(), 20)
+  }
+  const { upstreams, gateway } = await startFleet(t, { a: cut, b: OK }, [{ provider: 'a' }, { provider: 'b', priority: 1 }])
+  const answer = await generate(gateway)
+  t.equal(answer.status, 200)
+  t.equal(answer.headers['x-gateway-deployment'], 'b/gpt-image-1')
+  t.equal(upstreams.b?.received.length, 1)
+  t.equal(gateway.app.health.status('a/gpt-image-1').consecutiveFailures, 1, 'counted against the deployment')
+})
+
 t.test('400 and 504 from an upstream are the answer: not failed over', async (t) => {
   for (const status of [400, 504]) {
     const error = { error: { message: 'no', type: 'invalid_request_error', param: 'prompt', code: null } }

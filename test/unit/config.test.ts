@@ -13,6 +13,9 @@ import {
   DEFAULT_HEADERS_TIMEOUT_MS,
   DEFAULT_HOLD_MEMORY_BYTES,
   DEFAULT_HOST,
+  DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES,
+  DEFAULT_IDEMPOTENCY_TTL_MS,
+  DEFAULT_IDEMPOTENCY_WAIT_MS,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
   DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
@@ -132,6 +135,12 @@ t.test('defaults are filled in', async (t) => {
       negativeCacheTtlMs: DEFAULT_KEY_NEGATIVE_CACHE_TTL_MS,
       staleMs: DEFAULT_KEY_STALE_MS,
       leaseMs: DEFAULT_LEASE_MS
+    },
+    idempotency: {
+      enabled: true,
+      ttlMs: DEFAULT_IDEMPOTENCY_TTL_MS,
+      maxStoredBytes: DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES,
+      waitMs: DEFAULT_IDEMPOTENCY_WAIT_MS
     },
     admin: {},
     providers: [
