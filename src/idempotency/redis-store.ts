@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { StoreUnavailableError } from '../keys/types.js'
-import { whenReady, type RedisClient } from '../redis/client.js'
+import type { RedisClient } from '../redis/client.js'
 import {
   IDEMPOTENCY_LEASE_MS,
   type Begin,
@@ -10,6 +9,7 @@ import {
   type ReplayableAnswer,
   type StoredAnswer
 } from './store.js'
+import { storeCall } from '../keys/store-call.js'
 
 /*
  * One hash per scope, `{prefix}idem:{scope}`, and every step a script on that one key, so that it
@@ -135,13 +135,8 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     return `${this.prefix}idem:${scope}`
   }
 
-  private async run<T>(operation: () => Promise<T>): Promise<T> {
-    try {
-      await whenReady(this.redis)
-      return await operation()
-    } catch (error) {
-      throw error instanceof StoreUnavailableError ? error : new StoreUnavailableError(error)
-    }
+  private run<T>(operation: () => Promise<T>): Promise<T> {
+    return storeCall(this.redis, operation)
   }
 
   private script(name: ScriptName, args: (string | number | Buffer)[]): Promise<unknown> {

@@ -1,9 +1,7 @@
 import type { RedisClient } from '../redis/client.js'
 import { z } from 'zod'
-import { whenReady } from '../redis/client.js'
 import { newKey, newRecord } from './key-material.js'
 import {
-  StoreUnavailableError,
   type Admission,
   type AdmitResult,
   type DayUsage,
@@ -13,6 +11,7 @@ import {
   type NewKey,
   type UsageDelta
 } from './types.js'
+import { storeCall } from './store-call.js'
 
 const MINUTE_MS = 60_000
 const DAY_MS = 86_400_000
@@ -320,13 +319,8 @@ export class RedisKeyStore implements KeyStore {
     return suffix === undefined ? `${this.prefix}${kind}:{${id}}` : `${this.prefix}${kind}:{${id}}:${suffix}`
   }
 
-  private async run<T>(operation: () => Promise<T>): Promise<T> {
-    try {
-      await whenReady(this.redis)
-      return await operation()
-    } catch (error) {
-      throw error instanceof StoreUnavailableError ? error : new StoreUnavailableError(error)
-    }
+  private run<T>(operation: () => Promise<T>): Promise<T> {
+    return storeCall(this.redis, operation)
   }
 
   private script(name: ScriptName, args: (string | number)[]): Promise<unknown> {

@@ -1,5 +1,5 @@
 import type { OpenAIErrorBody, OpenAIErrorType } from '../errors/catalogue.js'
-import { asString, normaliseErrorBody } from '../upstream/error-body.js'
+import { asString, errorFields, normaliseErrorBody } from '../upstream/error-body.js'
 import type { ProviderAdapter } from './types.js'
 
 /**
@@ -24,20 +24,6 @@ const SAFETY_MESSAGE = "Your request was rejected by the upstream provider's saf
  */
 const NUMERIC_CODE_EQUIVALENTS: Readonly<Record<string, { type: OpenAIErrorType; code: string }>> = {
   '429': { type: 'requests', code: 'rate_limit_exceeded' }
-}
-
-/** The object under `error`, or null when the body is not JSON or has no error object. */
-function errorFields(raw: Buffer): Record<string, unknown> | null {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(raw.toString('utf8'))
-  } catch {
-    return null
-  }
-  if (parsed === null || typeof parsed !== 'object') return null
-  const error = (parsed as { error?: unknown }).error
-  if (error === null || typeof error !== 'object' || Array.isArray(error)) return null
-  return error as Record<string, unknown>
 }
 
 function isContentFilter(fields: Record<string, unknown>): boolean {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { drawableText, GLYPH_ADVANCE_CELLS, GLYPH_HEIGHT_CELLS, textPath } from './bitmap-font.js'
+import { seededRandom, type Rng } from './seeded-random.js'
 
 /**
  * The picture a prompt stands for, as SVG for sharp (librsvg) to rasterise: a palette and a
@@ -18,18 +19,9 @@ export interface PatternOptions {
   transparent: boolean
 }
 
-type Rng = () => number
-
-/** mulberry32 over a seed from the hash: small, fast, and the same on every platform. */
+/** Seeded from the hash, so the same prompt draws the same picture. */
 function rngFrom(digest: Buffer): Rng {
-  let state = digest.readUInt32BE(0)
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
+  return seededRandom(digest.readUInt32BE(0))
 }
 
 function sha256(text: string): Buffer {

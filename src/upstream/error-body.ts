@@ -6,12 +6,8 @@ export function asString(value: unknown): string | null {
   return null
 }
 
-/**
- * An upstream error in OpenAI's envelope, with the four keys always present (Azure and relays often
- * send only `code` and `message`); extra keys such as `moderation_details` stay. Null when the body
- * is not an error envelope at all.
- */
-export function normaliseErrorBody(raw: Buffer, status: number): OpenAIErrorBody | null {
+/** The object under `error`, or null when the body is not JSON or has no error object. */
+export function errorFields(raw: Buffer): Record<string, unknown> | null {
   let parsed: unknown
   try {
     parsed = JSON.parse(raw.toString('utf8'))
@@ -21,7 +17,17 @@ export function normaliseErrorBody(raw: Buffer, status: number): OpenAIErrorBody
   if (parsed === null || typeof parsed !== 'object') return null
   const error = (parsed as { error?: unknown }).error
   if (error === null || typeof error !== 'object' || Array.isArray(error)) return null
-  const fields = error as Record<string, unknown>
+  return error as Record<string, unknown>
+}
+
+/**
+ * An upstream error in OpenAI's envelope, with the four keys always present (Azure and relays often
+ * send only `code` and `message`); extra keys such as `moderation_details` stay. Null when the body
+ * is not an error envelope at all.
+ */
+export function normaliseErrorBody(raw: Buffer, status: number): OpenAIErrorBody | null {
+  const fields = errorFields(raw)
+  if (fields === null) return null
   const message = asString(fields.message)
   if (message === null) return null
   return {
