@@ -9,7 +9,7 @@ import { StoreUnavailableError } from '../keys/types.js'
 import type { Endpoint } from '../openai/models.js'
 import type { AnswerCopy, AnswerRecorder, LostAnswer } from '../upstream/answer.js'
 import { idempotencyKeyOf, scopeOf, type FormWitness } from './fingerprint.js'
-import { MemoryIdempotencyStore } from './memory-store.js'
+import { MEMORY_STORE_MAX_BYTES, MemoryIdempotencyStore } from './memory-store.js'
 import { RedisIdempotencyStore } from './redis-store.js'
 import { IDEMPOTENCY_LEASE_MS, toParts, type Begin, type IdempotencyStore, type NotStoredReason, type ReplayableAnswer } from './store.js'
 
@@ -151,7 +151,9 @@ async function replay(request: FastifyRequest, reply: FastifyReply, answer: Repl
   if (form !== null) {
     // The rest of the upload is read in any case, so that the client reads the answer.
     const digest = await form.readToEnd()
-    if (answer.formDigest !== null && digest !== answer.formDigest) throw reused()
+    // A stored answer with no digest (the upstream answered before the form was read whole) cannot
+    // vouch for this form: refused rather than replayed to a form it may not be for.
+    if (answer.formDigest === null || digest !== answer.formDigest) throw reused()
   }
   request.gateway.idempotent = 'replayed'
   reply
@@ -302,7 +304,8 @@ class StoredCopy implements AnswerCopy {
 export function createIdempotency(config: Config['idempotency'], shared: SharedCounters | null): Idempotency {
   const store =
     shared === null
-      ? new MemoryIdempotencyStore({ ttlMs: config.ttlMs })
+      ? // Room for at least one answer of the largest size kept, or none could ever be replayed.
+        new MemoryIdempotencyStore({ ttlMs: config.ttlMs, maxBytes: Math.max(MEMORY_STORE_MAX_BYTES, config.maxStoredBytes) })
       : new RedisIdempotencyStore(shared.redis, { prefix: shared.keyPrefix, ttlMs: config.ttlMs })
   return new Idempotency({ store, config })
 }

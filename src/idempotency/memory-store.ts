@@ -49,7 +49,8 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
         fingerprint,
         requestId,
         leaseUntil: now + this.leaseMs,
-        expiresAt: now + this.ttlMs,
+        // A running entry lives at least as long as its lease (renewals extend both).
+        expiresAt: now + Math.max(this.ttlMs, this.leaseMs),
         reason: null,
         answer: null,
         size: 0
@@ -81,6 +82,8 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     const entry = this.held(scope, token)
     if (entry === null) return false
     entry.leaseUntil = Date.now() + this.leaseMs
+    // A run longer than the ttl keeps its entry (a repeat would run it again).
+    entry.expiresAt = Math.max(entry.expiresAt, entry.leaseUntil)
     return true
   }
 

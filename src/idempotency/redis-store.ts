@@ -36,7 +36,7 @@ const BEGIN_LUA = `${NOW_LUA}
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[1], 'fp', ARGV[2], 'rid', ARGV[3], 'lease', now + tonumber(ARGV[4]))
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), tonumber(ARGV[4])))
   return {'run'}
 end
 local f = redis.call('HMGET', KEYS[1], 'fp', 'rid', 'lease', 'reason', 'status', 'headers', 'size', 'parts', 'form')
@@ -46,8 +46,13 @@ end
 return {state, f[1], f[2], f[4], f[5], f[6], f[7], f[8], f[9]}
 `
 
+// A run longer than the ttl must not lose its entry (a repeat would run it again): the entry lives
+// at least as long as the lease.
 const RENEW_LUA = `${HELD_LUA}${NOW_LUA}
 redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[2]))
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 `
 
