@@ -42,7 +42,10 @@ export async function relayJson(
   if (endpoint === 'edits') validateJsonEdit(model, routed.rules, fields)
   const routing = route(context, routed, endpoint)
   // Before the key's limits are taken: a replay costs none of them.
-  const run = await context.idempotency.open(request, reply, { endpoint, fingerprint: () => jsonFingerprint(body.raw), signal: lifetime.signal })
+  const run =
+    context.idempotency.keyOf(request) === null
+      ? null
+      : await context.idempotency.open(request, reply, { endpoint, fingerprint: () => jsonFingerprint(body.raw), signal: lifetime.signal })
   if (run === REPLAYED) return
   // Priced by the first choice: the deployments of one model are meant to be the same model.
   const charge = await admit(context, request, model, routing.order[0], endpoint, fields).catch((err: unknown) => {

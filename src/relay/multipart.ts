@@ -68,17 +68,19 @@ export async function relayMultipart(
   const routing = route(context, routed, endpoint)
   // Before the key's limits are taken: a replay costs none of them. A refused upload is read to
   // its end (relay.fail), so that the client reads the refusal.
-  const run = await context.idempotency
-    .open(request, reply, {
-      endpoint,
-      fingerprint: () => formFingerprint(model),
-      signal: lifetime.signal,
-      form: form === null ? null : formWitness(relay, form, model)
-    })
-    .catch((err: unknown) => {
-      if (err instanceof GatewayError) relay.fail(err)
-      throw err
-    })
+  const run = !idempotent
+    ? null
+    : await context.idempotency
+        .open(request, reply, {
+          endpoint,
+          fingerprint: () => formFingerprint(model),
+          signal: lifetime.signal,
+          form: form === null ? null : formWitness(relay, form, model)
+        })
+        .catch((err: unknown) => {
+          if (err instanceof GatewayError) relay.fail(err)
+          throw err
+        })
   if (run === REPLAYED) return
   // Kept for a second attempt only where there can be one: a model with several deployments.
   if (routing.order.length > 1) relay.keepForReplay(context.routing.replayBodyBytes)

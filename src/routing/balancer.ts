@@ -29,6 +29,12 @@ export function candidates(
   health: DeploymentHealth,
   random: () => number = Math.random
 ): { order: Deployment[]; fallback: boolean } {
+  // The common case, on every request: one deployment, nothing to order.
+  const [only] = deployments
+  if (deployments.length === 1 && only !== undefined) {
+    if (only.targets[endpoint] === undefined) return { order: [], fallback: false }
+    return { order: [only], fallback: health.availability(only.id) === 'cooling' }
+  }
   const able = deployments.filter((d) => d.targets[endpoint] !== undefined)
   const tiers = [...new Set(able.map((d) => d.priority))].sort((a, b) => a - b)
   const order: Deployment[] = []
