@@ -1,5 +1,6 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import adminDeploymentsRoutes from './admin/deployments-routes.js'
+import adminImagesRoutes from './admin/images-routes.js'
 import adminKeyRoutes from './admin/keys-routes.js'
 import { priceCostModel } from './billing/cost-model.js'
 import { SMALL_BODY_LIMIT_BYTES } from './config/defaults.js'
@@ -12,6 +13,8 @@ import requestContext, { requestId } from './http/request-context.js'
 import bodyIdle, { clientErrorHandler, httpServerOptions } from './http/slow-clients.js'
 import { Authenticator } from './keys/authenticator.js'
 import { createIdempotency } from './idempotency/guard.js'
+import imageFilesRoutes from './images/files-route.js'
+import { setUpHosting } from './images/setup.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
 import { Meter } from './limits/charge.js'
 import { Registry } from './providers/registry.js'
@@ -34,6 +37,14 @@ export interface AppOptions {
   logger: FastifyBaseLogger
   /** Where keys and counters live; by default from config (Redis, or in-process). */
   backend?: StateBackend
+}
+
+/** The listening server's own URL (localhost when it listens on every address): the links' base when no publicBaseUrl is set. */
+function localBaseUrl(app: FastifyInstance): string {
+  const address = app.server.address()
+  if (address === null || typeof address !== 'object') return 'http://localhost'
+  const host = address.address === '0.0.0.0' || address.address === '::' ? 'localhost' : address.address
+  return `http://${host.includes(':') ? `[${host}]` : host}:${address.port}`
 }
 
 /** The gateway as a fastify instance, ready but not listening (server.ts listens). */
@@ -68,6 +79,8 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   const health = new DeploymentHealth(config.routing.cooldown, board)
   const meter = new Meter({ store: backend.store, costs: priceCostModel(config.prices), leaseMs: config.keys.leaseMs, log: app.log })
   const idempotency = createIdempotency(config.idempotency, shared)
+  const hosted = await setUpHosting(config, shared, () => localBaseUrl(app), app.log)
+  const hosting = hosted?.hosting ?? null
   app.decorate('registry', registry)
   app.decorate('health', health)
   app.decorate('keys', { backend, authenticator, meter })
@@ -76,6 +89,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     await meter.close()
     await health.close()
     await idempotency.close()
+    await hosting?.close()
     await Promise.all([registry.close(), backend.store.close()])
   })
 
@@ -86,13 +100,15 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   await app.register(bodyIdle, { idleMs: config.limits.uploadIdleMs })
   await app.register(auth, { authenticator })
   await app.register(imageRoutes, {
-    relay: { registry, limits: config.limits, routing: config.routing, health, meter, idempotency },
+    relay: { registry, limits: config.limits, routing: config.routing, health, meter, idempotency, hosting },
     shared: backend.shared
   })
+  if (hosted !== null) await app.register(imageFilesRoutes, hosted)
   await app.register(modelRoutes, { registry })
   await app.register(billingRoutes, { store: backend.store })
   await app.register(adminKeyRoutes, { store: backend.store, adminToken: config.admin.token })
   await app.register(adminDeploymentsRoutes, { registry, health, adminToken: config.admin.token })
+  await app.register(adminImagesRoutes, { hosting, adminToken: config.admin.token })
   await app.register(healthRoutes, { store: backend.store })
   await app.register(metricsRoutes, { models: new Set(registry.models.keys()), authenticator })
   return app

@@ -81,3 +81,13 @@ export const DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES = 32 * 1024 * 1024
  * wait here again, so three tries of the SDK cover about 90 s of generation.
  */
 export const DEFAULT_IDEMPOTENCY_WAIT_MS = 30_000
+
+/** Hosted image links last as long as OpenAI's own (60 minutes); then the image is deleted. */
+export const DEFAULT_IMAGE_LINK_TTL_MS = 60 * 60_000
+/** Where the directory image store keeps images, relative to the working directory. */
+export const DEFAULT_IMAGE_DIRECTORY = 'data/images'
+/** An answer read whole to host its images (10 GPT images are about 40 MB of base64). */
+export const DEFAULT_IMAGE_ANSWER_BYTES = 256 * 1024 * 1024
+/** The largest image fetched from an upstream's URL (to re-host it, or to inline it as base64). */
+export const DEFAULT_IMAGE_FETCH_BYTES = 64 * 1024 * 1024
+export const DEFAULT_IMAGE_FETCH_TIMEOUT_MS = 30_000

@@ -14,6 +14,11 @@ import {
   DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES,
   DEFAULT_IDEMPOTENCY_TTL_MS,
   DEFAULT_IDEMPOTENCY_WAIT_MS,
+  DEFAULT_IMAGE_ANSWER_BYTES,
+  DEFAULT_IMAGE_DIRECTORY,
+  DEFAULT_IMAGE_FETCH_BYTES,
+  DEFAULT_IMAGE_FETCH_TIMEOUT_MS,
+  DEFAULT_IMAGE_LINK_TTL_MS,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
   DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
@@ -49,6 +54,13 @@ const timeoutsSchema = z
   })
   .strict()
 
+/** An http(s) URL with no query or fragment; an unparsable one is reported once, by .url(). */
+const baseUrl = z
+  .string()
+  .url()
+  .refine((u) => !URL.canParse(u) || /^https?:$/.test(new URL(u).protocol), 'must be an http or https URL')
+  .refine((u) => !URL.canParse(u) || (new URL(u).search === '' && new URL(u).hash === ''), 'must have no query or fragment')
+
 const headerName = z.string().regex(/^[A-Za-z0-9-]+$/, 'must be a header name (letters, digits, dashes)')
 // CR and LF in a configured header value would let config split the upstream request.
 const headerValue = z.string().regex(/^[^\r\n]*$/, 'must not contain CR or LF')
@@ -59,12 +71,7 @@ const providerSchema = z
     type: z.string(),
     // An unparsable URL is reported once, by .url(); the refinements judge only parsable ones.
     // Required for every type but the local ones (crossCheck says so); a sandbox has no upstream.
-    baseUrl: z
-      .string()
-      .url()
-      .refine((u) => !URL.canParse(u) || /^https?:$/.test(new URL(u).protocol), 'must be an http or https URL')
-      .refine((u) => !URL.canParse(u) || (new URL(u).search === '' && new URL(u).hash === ''), 'must have no query or fragment')
-      .optional(),
+    baseUrl: baseUrl.optional(),
     /** Azure's `api-version` query parameter. */
     apiVersion: z.string().regex(/^[A-Za-z0-9.-]+$/, 'must be an API version such as 2025-04-01-preview').optional(),
     // An empty value (an unset `${VAR:-}`) means no key: some local upstreams take none.
@@ -76,7 +83,9 @@ const providerSchema = z
     project: headerValue.optional(),
     headers: z.record(headerName, headerValue).default({}),
     timeouts: timeoutsSchema.prefault({}),
-    maxConnections: positiveInt.default(DEFAULT_MAX_CONNECTIONS)
+    maxConnections: positiveInt.default(DEFAULT_MAX_CONNECTIONS),
+    /** Images this provider answers with as URLs are fetched once and served from the gateway's own links. */
+    rehostUrls: z.boolean().default(false)
   })
   .strict()
 
@@ -97,7 +106,12 @@ const modelSchema = z
     name: z.string().min(1).regex(/^[^\s/]+$/, 'must have no spaces or "/"'),
     deployments: z.array(deploymentSchema).min(1),
     /** Whose request rules to check against, for a name the gateway does not know (an alias). */
-    rulesOf: z.string().optional()
+    rulesOf: z.string().optional(),
+    /**
+     * The gateway answers `response_format` itself: base64 images are stored and answered as links,
+     * URLs fetched and inlined; a base64-only upstream never sees the field (docs/images.md).
+     */
+    hostImages: z.boolean().default(false)
   })
   .strict()
 
@@ -247,6 +261,26 @@ const idempotencySchema = z
   })
   .strict()
 
+/** Hosted image links (docs/images.md): where images are kept, for how long, and how links are signed. */
+const imagesSchema = z
+  .object({
+    /** The gateway's URL as clients reach it; links are made under it. Default: http://localhost:{port}. */
+    publicBaseUrl: baseUrl.optional(),
+    /** Signs links; the same on every instance, so that any instance serves any link. */
+    signingSecret: z
+      .string()
+      .optional()
+      .transform((secret) => (secret === '' ? undefined : secret))
+      .refine((secret) => secret === undefined || secret.length >= 32, 'must be at least 32 characters'),
+    ttlMs: positiveInt.default(DEFAULT_IMAGE_LINK_TTL_MS),
+    store: z.enum(['directory', 'redis']).default('directory'),
+    directory: z.string().min(1).default(DEFAULT_IMAGE_DIRECTORY),
+    maxAnswerBytes: byteCount.default(DEFAULT_IMAGE_ANSWER_BYTES),
+    fetchMaxBytes: byteCount.default(DEFAULT_IMAGE_FETCH_BYTES),
+    fetchTimeoutMs: positiveInt.default(DEFAULT_IMAGE_FETCH_TIMEOUT_MS)
+  })
+  .strict()
+
 const adminSchema = z
   .object({
     /** Bearer token for /admin/*; none means the admin API is off. */
@@ -267,6 +301,7 @@ export const configSchema = z
     keys: keysSchema.prefault({}),
     idempotency: idempotencySchema.prefault({}),
     admin: adminSchema.prefault({}),
+    images: imagesSchema.prefault({}),
     /** Prices per model (USD), over the shipped defaults (docs/prices.md). */
     prices: priceTableSchema.optional(),
     providers: z.array(providerSchema).min(1),
@@ -330,6 +365,14 @@ export function crossCheck(document: unknown): Problem[] {
       }
     })
   })
+  const images = root.images !== null && typeof root.images === 'object' ? (root.images as Record<string, unknown>) : {}
+  if (images.store === 'redis') {
+    if (root.redis === undefined) problems.push({ path: ['images', 'store'], message: 'the redis store needs the redis section' })
+    // A secret made up per process would make links work only on the instance that made them.
+    if (images.signingSecret === undefined || images.signingSecret === '') {
+      problems.push({ path: ['images', 'signingSecret'], message: 'required with the redis store (every instance must sign alike)' })
+    }
+  }
   return problems
 }
 

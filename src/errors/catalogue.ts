@@ -107,6 +107,12 @@ export const CATALOGUE = {
     when: 'a request with this Idempotency-Key already ran but its answer was not kept (too large, an event stream, cut off, or its outcome unknown); it is not run twice (x-should-retry: false)'
   },
   unknown_url: { status: 404, type: 'invalid_request_error', when: 'no such route' },
+  image_link_invalid: {
+    status: 404,
+    type: 'invalid_request_error',
+    when: 'a hosted image link with a wrong or missing signature, or whose image is no longer kept'
+  },
+  image_link_expired: { status: 410, type: 'invalid_request_error', when: 'a hosted image link past its expiry (images.ttlMs)' },
   service_unavailable: {
     status: 503,
     type: 'server_error',
@@ -128,6 +134,11 @@ export const CATALOGUE = {
     when: 'the upstream answered an error status with no OpenAI error body (the upstream\'s status is kept)'
   },
   upstream_bad_response: { status: 502, type: 'server_error', when: 'the upstream answered with something unusable' },
+  image_hosting_failed: {
+    status: 502,
+    type: 'server_error',
+    when: 'an image in the upstream\'s answer could not be hosted or inlined: its URL failed, redirected, was over images.fetchMaxBytes or slower than images.fetchTimeoutMs, or the store failed (x-should-retry: false: the upstream made it)'
+  },
   upstream_timeout: { status: 504, type: 'server_error', when: 'the upstream took longer than its configured timeout' },
   internal_error: { status: 500, type: 'server_error', when: 'a bug in the gateway (details only in its log)' }
 } as const satisfies Record<string, Entry>

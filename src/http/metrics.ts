@@ -62,6 +62,17 @@ export default async function metricsRoutes(
     labelNames: ['limit'],
     registers: [registry]
   })
+  const hostedImages = new Counter({
+    name: 'image_gateway_hosted_images_total',
+    help: 'Images of answers the gateway stored to answer with its own links (stored), or fetched from an upstream URL to re-host or inline (fetched).',
+    labelNames: ['kind'],
+    registers: [registry]
+  })
+  const hostedBytes = new Counter({
+    name: 'image_gateway_hosted_bytes_total',
+    help: 'Bytes of the images stored for links.',
+    registers: [registry]
+  })
   new Gauge({
     name: 'image_gateway_key_cache_lookups',
     help: 'Key lookups since start, answered by the cache (hit) or the key store (miss).',
@@ -90,6 +101,11 @@ export default async function metricsRoutes(
       upstreamErrors.inc({ deployment, kind: `status_${Math.floor(summary.upstreamStatus / 100)}xx` })
     }
     if (summary.limit !== null) rejections.inc({ limit: summary.limit })
+    if (summary.hosted !== undefined) {
+      hostedImages.inc({ kind: 'stored' }, summary.hosted.stored)
+      hostedImages.inc({ kind: 'fetched' }, summary.hosted.fetched)
+      hostedBytes.inc(summary.hosted.storedBytes)
+    }
   })
 
   app.get('/metrics', async (_request, reply) => {

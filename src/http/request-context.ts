@@ -33,7 +33,17 @@ export interface RequestContext {
   limit: string | null
   /** With an Idempotency-Key: replayed, stored, released or not_stored:<reason> (src/idempotency/guard.ts). */
   idempotent: string | null
+  /** Images of the answer the gateway stored for links, or fetched to inline (src/images/hosting.ts). */
+  hosted: HostedImages | null
   logged: boolean
+}
+
+export interface HostedImages {
+  /** Stored, and answered as the gateway's own links. */
+  stored: number
+  storedBytes: number
+  /** Fetched from the upstream's URLs (to re-host or to inline as base64). */
+  fetched: number
 }
 
 /** One finished request, as logged and as counted in metrics. */
@@ -52,6 +62,8 @@ export interface RequestSummary {
   limit: string | null
   /** Only for requests with an Idempotency-Key. */
   idempotent?: string
+  /** Only for answers whose images the gateway hosted or inlined. */
+  hosted?: HostedImages
   images: number | null
   bytesIn: number
   bytesOut: number
@@ -101,6 +113,7 @@ function finishRequest(app: FastifyInstance, request: FastifyRequest, reply: Fas
     errorCode: context.errorCode,
     limit: context.limit,
     ...(context.idempotent === null ? {} : { idempotent: context.idempotent }),
+    ...(context.hosted === null ? {} : { hosted: context.hosted }),
     images: context.images,
     bytesIn: context.body?.bytesIn ?? 0,
     // Wire bytes out, headers included: cheaper than counting every chunk of a relayed answer.
@@ -136,6 +149,7 @@ async function requestContext(app: FastifyInstance): Promise<void> {
       images: null,
       limit: null,
       idempotent: null,
+      hosted: null,
       logged: false
     }
     reply.header('x-request-id', request.id)

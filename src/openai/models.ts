@@ -26,6 +26,11 @@ export interface ModelRules {
   arbitrarySizes: boolean
   qualities: readonly string[]
   inputFidelity: boolean
+  /**
+   * Whether `response_format` is taken. GPT image models refuse it (they answer base64 only),
+   * unless the gateway answers it for them (a model with `hostImages`, docs/images.md).
+   */
+  responseFormat: boolean
   files: FileRules
 }
 
@@ -38,6 +43,7 @@ const DALL_E_2: ModelRules = {
   arbitrarySizes: false,
   qualities: ['standard', 'auto'],
   inputFidelity: false,
+  responseFormat: true,
   files: { maxImages: 1, imageFormats: ['png'], imageMaxBytes: 4 * MiB, squareImage: true, maskMaxBytes: 4 * MiB }
 }
 
@@ -50,6 +56,7 @@ const DALL_E_3: ModelRules = {
   arbitrarySizes: false,
   qualities: ['standard', 'hd', 'auto'],
   inputFidelity: false,
+  responseFormat: true,
   files: DALL_E_2.files
 }
 
@@ -62,6 +69,7 @@ const GPT_IMAGE: ModelRules = {
   arbitrarySizes: false,
   qualities: ['low', 'medium', 'high', 'auto'],
   inputFidelity: true,
+  responseFormat: false,
   files: {
     maxImages: 16,
     imageFormats: ['png', 'jpeg', 'webp'],

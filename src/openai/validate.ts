@@ -140,9 +140,10 @@ function checkSize(rules: ModelRules, fields: Fields): void {
 }
 
 function checkGptImageOnly(endpoint: Endpoint, model: string, rules: ModelRules, fields: Fields): void {
-  if (present(fields, 'response_format') !== undefined) {
+  if (!rules.responseFormat && present(fields, 'response_format') !== undefined) {
     throw new GatewayError('unknown_parameter', "Unknown parameter: 'response_format'.", { param: 'response_format' })
   }
+  checkEnum(fields, 'response_format', ['url', 'b64_json'])
   const outputFormat = checkEnum(fields, 'output_format', ['png', 'jpeg', 'webp'])
   checkRange('output_compression', readInteger(fields, 'output_compression'), 0, 100)
   const background = checkEnum(fields, 'background', ['transparent', 'opaque', 'auto'])

@@ -38,6 +38,10 @@ export interface RoutedModel {
   /** The rules requests are checked against; null for a model the gateway does not know. */
   readonly rules: ModelRules | null
   readonly deployments: readonly Deployment[]
+  /** The gateway answers `response_format` itself (docs/images.md). */
+  readonly hostImages: boolean
+  /** Its upstreams answer base64 only and must not see `response_format`: the gateway takes it off. */
+  readonly withholdResponseFormat: boolean
 }
 
 function createProvider(config: ProviderConfig): Provider {
@@ -110,8 +114,10 @@ export class Registry {
           deployments.set(id, deployment)
           return deployment
         })
-        const rules = rulesFor(model.rulesOf ?? model.name) ?? rulesFor(routes[0]?.upstreamModel ?? '')
-        return [model.name, { name: model.name, rules, deployments: routes }]
+        const known = rulesFor(model.rulesOf ?? model.name) ?? rulesFor(routes[0]?.upstreamModel ?? '')
+        const withhold = model.hostImages && known !== null && !known.responseFormat
+        const rules = withhold ? { ...known, responseFormat: true } : known
+        return [model.name, { name: model.name, rules, deployments: routes, hostImages: model.hostImages, withholdResponseFormat: withhold }]
       })
     )
     this.deployments = deployments

@@ -12,7 +12,17 @@ import type { Deployment, Registry, RoutedModel } from '../providers/registry.js
 import { candidates } from '../routing/balancer.js'
 import type { DeploymentHealth } from '../routing/health.js'
 import { answerFailure, isFailoverStatus, transportFailure, type AttemptFailure } from '../routing/outcome.js'
-import { readErrorBody, relayError, relaySuccess, type AnswerContext, type AnswerRecorder, type LostAnswer } from '../upstream/answer.js'
+import type { ImageHosting, ResponseFormat } from '../images/hosting.js'
+import {
+  isHostable,
+  readErrorBody,
+  relayError,
+  relayHosted,
+  relaySuccess,
+  type AnswerContext,
+  type AnswerRecorder,
+  type LostAnswer
+} from '../upstream/answer.js'
 import { TransportError, forward } from '../upstream/forward.js'
 import { upstreamRequestHeaders } from '../upstream/headers.js'
 import { mapTransportError } from '../upstream/transport-errors.js'
@@ -27,6 +37,8 @@ export interface RelayContext {
   meter: Meter
   /** Requests with an Idempotency-Key run once (src/idempotency/guard.ts). */
   idempotency: Idempotency
+  /** Hosted image links (src/images/hosting.ts); null when no model or provider asks for them. */
+  hosting: ImageHosting | null
 }
 
 /** Takes the request's share of its key's limits (after routing and validation, before dispatch). */
@@ -91,6 +103,12 @@ export interface Dispatch {
   bodyFor: (deployment: Deployment) => AttemptBody | null
   /** Told how the request ended, beside the charge (idempotency keeps the answer); null: no one. */
   recorder?: AnswerRecorder | null
+  /**
+   * How the client wants its images when the gateway answers `response_format` itself (a model
+   * with `hostImages`); null: as the upstream gives them. Asked when the answer comes, so that a
+   * multipart field read after routing counts.
+   */
+  wantedFormat?: () => ResponseFormat | null
 }
 
 /** Nothing that costs was made. */
@@ -222,7 +240,13 @@ async function attemptAt(
   health.succeeded(deployment.id, latency)
   noteAnswer(request, reply, deployment, upstream)
   if (upstream.statusCode >= 200 && upstream.statusCode < 300) {
-    relaySuccess(reply, upstream, job.charge, job.recorder ?? null)
+    const want = job.wantedFormat?.() ?? null
+    const rehost = deployment.provider.config.rehostUrls
+    if (context.hosting !== null && (want !== null || rehost) && isHostable(upstream)) {
+      await relayHosted(reply, upstream, job.charge, job.recorder ?? null, { hosting: context.hosting, want, rehost, signal: job.signal })
+    } else {
+      relaySuccess(reply, upstream, job.charge, job.recorder ?? null)
+    }
     return null
   }
   failed(job)

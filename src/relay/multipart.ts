@@ -1,5 +1,7 @@
+import { pipeline, type Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
+import { dropFormFields } from '../multipart/drop-field.js'
 import { MultipartRelay } from '../multipart/relay.js'
 import { isValidBoundary } from '../multipart/scanner.js'
 import { defaultModel, type Endpoint } from '../openai/models.js'
@@ -9,6 +11,16 @@ import { FormDigest, formFingerprint, formWitness } from '../idempotency/fingerp
 import { REPLAYED } from '../idempotency/guard.js'
 import { admit, dispatch, findModel, route, type RelayContext } from './dispatch.js'
 import { clientLifetime } from './lifetime.js'
+import { wantedFormat } from './response-format.js'
+
+const WITHHELD_FIELDS: ReadonlySet<string> = new Set(['response_format'])
+
+/** The body with the named parts taken out; destroying either side destroys the other (the upstream call's abort reaches the relay). */
+function withoutFields(body: Readable, boundary: string, names: ReadonlySet<string>): Readable {
+  const filter = dropFormFields(boundary, names)
+  pipeline(body, filter, () => undefined)
+  return filter
+}
 
 export function boundaryOf(contentType: string): string {
   const match = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType)
@@ -102,10 +114,17 @@ export async function relayMultipart(
     signal: lifetime.signal,
     charge,
     recorder: run,
+    wantedFormat: () => wantedFormat(routed, relay.inspector),
     bodyFor: (deployment) => {
       if (attempts++ > 0 && !relay.replayable) return null
+      const body = relay.body(deployment.upstreamModel, model)
+      if (routed.withholdResponseFormat) {
+        // A base64-only upstream refuses `response_format`, which may come anywhere in the form:
+        // the part is taken out as the bytes pass, and the length is no longer known.
+        return { body: withoutFields(body, boundary, WITHHELD_FIELDS), contentLength: null, wholeRequestSent: () => relay.bodyEnded }
+      }
       return {
-        body: relay.body(deployment.upstreamModel, model),
+        body,
         contentLength: relay.upstreamLength(length, deployment.upstreamModel, model),
         wholeRequestSent: () => relay.bodyEnded
       }

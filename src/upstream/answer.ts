@@ -1,9 +1,10 @@
-import { PassThrough, Transform, pipeline, type Readable } from 'node:stream'
+import { PassThrough, Readable, Transform, pipeline } from 'node:stream'
 import type { FastifyReply } from 'fastify'
 import type { Dispatcher } from 'undici'
 import { MAX_UPSTREAM_ERROR_BODY_BYTES } from '../config/defaults.js'
 import { UsageTap } from '../billing/usage-tap.js'
 import { GatewayError, type OpenAIErrorBody } from '../errors/catalogue.js'
+import type { ImageHosting, ResponseFormat } from '../images/hosting.js'
 import type { Charge } from '../limits/charge.js'
 import { clientGone } from '../relay/lifetime.js'
 import { clientResponseHeaders } from './headers.js'
@@ -128,13 +129,86 @@ export function relaySuccess(
 ): void {
   const streaming = isEventStream(upstream.headers['content-type'])
   const headers = clientResponseHeaders(upstream.headers, !streaming)
-  const copy = recorder?.answer(upstream.statusCode, headers, streaming) ?? null
+  sendSuccess(reply, upstream.statusCode, headers, upstream.body, streaming, charge, recorder)
+}
+
+function sendSuccess(
+  reply: FastifyReply,
+  status: number,
+  headers: Record<string, string>,
+  source: Readable,
+  streaming: boolean,
+  charge: Charge | null,
+  recorder: AnswerRecorder | null
+): void {
+  const copy = recorder?.answer(status, headers, streaming) ?? null
   if (streaming) headers['x-accel-buffering'] = 'no'
-  const body = charge === null && copy === null ? upstream.body : metered(upstream.body, streaming, reply, charge, copy)
+  const body = charge === null && copy === null ? source : metered(source, streaming, reply, charge, copy)
   reply
-    .code(upstream.statusCode)
+    .code(status)
     .headers(headers)
     .send(streaming ? guardEventStream(body) : body)
+}
+
+/** Whether an answer is one whose images can be hosted: a JSON answer, not an event stream. */
+export function isHostable(upstream: Dispatcher.ResponseData): boolean {
+  return !isEventStream(upstream.headers['content-type'])
+}
+
+/** The body whole, or null when it is over `maxBytes` (leaving the loop destroys the body). */
+async function readWhole(body: Readable, maxBytes: number): Promise<Buffer | null> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > maxBytes) return null
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks, size)
+}
+
+/**
+ * A successful JSON answer whose images the gateway hosts or inlines (docs/images.md): read whole,
+ * its `data` reshaped, then sent as any answer is (metered, copied for idempotency). The upstream
+ * made the images, so a failure here charges the reservation and says not to retry.
+ */
+export async function relayHosted(
+  reply: FastifyReply,
+  upstream: Dispatcher.ResponseData,
+  charge: Charge | null,
+  recorder: AnswerRecorder | null,
+  job: { hosting: ImageHosting; want: ResponseFormat | null; rehost: boolean; signal: AbortSignal }
+): Promise<void> {
+  const { hosting, signal } = job
+  let body: Buffer
+  try {
+    const whole = await readWhole(upstream.body, hosting.options.maxAnswerBytes)
+    if (whole === null) {
+      throw new GatewayError('image_hosting_failed', `The upstream's answer is over the ${hosting.options.maxAnswerBytes} bytes read to host its images.`, {
+        headers: { 'x-should-retry': 'false' }
+      })
+    }
+    const answer: unknown = JSON.parse(whole.toString('utf8'))
+    if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) {
+      body = whole
+    } else {
+      reply.request.gateway.hosted = await hosting.shape(answer as Record<string, unknown>, job.want, job.rehost, signal)
+      body = Buffer.from(JSON.stringify(answer))
+    }
+  } catch (err) {
+    const clientLeft = signal.aborted
+    charge?.abandoned()
+    recorder?.abandoned(clientLeft ? 'client_left' : 'upstream_failed')
+    if (clientLeft) throw signal.reason
+    if (err instanceof GatewayError) throw err
+    throw new GatewayError('upstream_bad_response', "The upstream's answer could not be read to host its images.", {
+      cause: err,
+      headers: { 'x-should-retry': 'false' }
+    })
+  }
+  const headers = clientResponseHeaders(upstream.headers, false)
+  headers['content-length'] = String(body.length)
+  sendSuccess(reply, upstream.statusCode, headers, Readable.from([body]), false, charge, recorder)
 }
 
 /**

@@ -34,6 +34,7 @@ export interface Gateway {
 export interface ModelSpec {
   name: string
   rulesOf?: string
+  hostImages?: boolean
   deployments: { provider: string; model?: string; weight?: number; priority?: number }[]
 }
 
@@ -47,6 +48,8 @@ export interface GatewayOptions {
   redis?: { keyPrefix: string } & ({ url: string } | { sentinels: { host: string; port: number }[]; sentinelName: string } | { cluster: { host: string; port: number }[] })
   adminToken?: string
   keys?: Partial<Config['keys']>
+  /** Extra keys for every provider entry (e.g. `rehostUrls`). */
+  providerExtra?: Record<string, unknown>
   /** Extra config sections, as in the YAML file (e.g. `prices`). */
   extra?: Record<string, unknown>
 }
@@ -65,7 +68,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       type: 'openai',
       baseUrl: options.providers[id],
       apiKey: '${TEST_PROVIDER_KEY}',
-      timeouts: options.timeouts ?? {}
+      timeouts: options.timeouts ?? {},
+      ...options.providerExtra
     })),
     models: options.models ?? ALL_MODELS.map((name) => ({ name, deployments: [{ provider: firstProvider }] })),
     ...(options.redis === undefined ? {} : { redis: options.redis }),

@@ -70,6 +70,20 @@ t.test("a new user's first run: no config, the README's curl and SDK calls as pa
   const otter = await sharp(join(directory, 'otter.png')).metadata()
   t.match(otter, { format: 'png', width: 1024, height: 1024 }, 'the SDK call wrote a PNG')
 
+  // Links, not base64, from a GPT image model and from DALL-E: both point at the gateway itself.
+  for (const model of ['gpt-image-1', 'dall-e-3']) {
+    const answer = await fetch(`http://127.0.0.1:${port}/v1/images/generations`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, prompt: 'a harbour', size: '1024x1024', response_format: 'url' })
+    })
+    const body = (await answer.json()) as { data: { url?: string }[] }
+    const link = body.data[0]?.url ?? ''
+    t.match(link, new RegExp(`^http://127\\.0\\.0\\.1:${port}/v1/images/files/`), `${model}: a link to the gateway`)
+    const image = await sharp(Buffer.from(await (await fetch(link)).arrayBuffer())).metadata()
+    t.match(image, { format: 'png', width: 1024, height: 1024 }, `${model}: the link serves the PNG`)
+  }
+
   child.kill('SIGTERM')
   t.equal(await exited, 0, 'SIGTERM: drained and exited 0')
 })

@@ -16,6 +16,11 @@ import {
   DEFAULT_IDEMPOTENCY_MAX_STORED_BYTES,
   DEFAULT_IDEMPOTENCY_TTL_MS,
   DEFAULT_IDEMPOTENCY_WAIT_MS,
+  DEFAULT_IMAGE_ANSWER_BYTES,
+  DEFAULT_IMAGE_DIRECTORY,
+  DEFAULT_IMAGE_FETCH_BYTES,
+  DEFAULT_IMAGE_FETCH_TIMEOUT_MS,
+  DEFAULT_IMAGE_LINK_TTL_MS,
   DEFAULT_JSON_BODY_BYTES,
   DEFAULT_JSON_EDIT_BODY_BYTES,
   DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
@@ -93,7 +98,8 @@ t.test('the example config loads', async (t) => {
       apiKey: undefined,
       headers: {},
       timeouts: { connectMs: 10000, headersMs: 360000, bodyIdleMs: 180000 },
-      maxConnections: 256
+      maxConnections: 256,
+      rehostUrls: false
     }
   ])
   t.same(
@@ -104,6 +110,7 @@ t.test('the example config loads', async (t) => {
   t.same(withoutKey.models[6], {
     name: 'images-fast',
     rulesOf: 'gpt-image-1-mini',
+    hostImages: false,
     deployments: [{ provider: 'openai', model: 'gpt-image-1-mini', weight: 1, priority: 0 }]
   })
 
@@ -143,6 +150,14 @@ t.test('defaults are filled in', async (t) => {
       waitMs: DEFAULT_IDEMPOTENCY_WAIT_MS
     },
     admin: {},
+    images: {
+      ttlMs: DEFAULT_IMAGE_LINK_TTL_MS,
+      store: 'directory',
+      directory: DEFAULT_IMAGE_DIRECTORY,
+      maxAnswerBytes: DEFAULT_IMAGE_ANSWER_BYTES,
+      fetchMaxBytes: DEFAULT_IMAGE_FETCH_BYTES,
+      fetchTimeoutMs: DEFAULT_IMAGE_FETCH_TIMEOUT_MS
+    },
     providers: [
       {
         id: 'p',
@@ -150,10 +165,11 @@ t.test('defaults are filled in', async (t) => {
         baseUrl: 'http://127.0.0.1:9000/v1',
         headers: {},
         timeouts: DEFAULT_TIMEOUTS,
-        maxConnections: DEFAULT_MAX_CONNECTIONS
+        maxConnections: DEFAULT_MAX_CONNECTIONS,
+        rehostUrls: false
       }
     ],
-    models: [{ name: 'gpt-image-1', deployments: [{ provider: 'p', weight: 1, priority: 0 }] }]
+    models: [{ name: 'gpt-image-1', hostImages: false, deployments: [{ provider: 'p', weight: 1, priority: 0 }] }]
   })
   t.equal(config.providers[0]?.apiKey, undefined)
 
