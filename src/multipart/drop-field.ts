@@ -1,106 +1,118 @@
 import { Transform, type TransformCallback } from 'node:stream'
+import { parseDisposition } from './disposition.js'
+import { MAX_PART_HEADER_BYTES } from './scanner.js'
 
-const CRLF = Buffer.from('\r\n', 'latin1')
-const HEADERS_END = Buffer.from('\r\n\r\n', 'latin1')
-/** A part whose headers are longer than this is passed on as it is, never held whole. */
-const MAX_HEADER_BYTES = 16 * 1024
-const NAME = /;\s*name\s*=\s*(?:"([^"]*)"|([^;\s]+))/i
-
-type Mode = 'pass' | 'drop' | 'headers' | 'epilogue'
-
-function partName(headers: string): string | null {
-  for (const line of headers.split('\r\n')) {
-    if (!/^content-disposition\s*:/i.test(line)) continue
-    const match = NAME.exec(line)
-    return match?.[1] ?? match?.[2] ?? null
-  }
-  return null
-}
+const CR = 13
+const LF = 10
+const DASH = 45
+const CRLF = Buffer.from('\r\n')
+const HEADERS_END = Buffer.from('\r\n\r\n')
 
 /**
  * A multipart/form-data body with the parts named in `names` taken out, every other byte kept.
- * A part is a delimiter (`\r\n--boundary`), headers, a blank line and a value, up to the next
- * delimiter; a dropped part goes with its delimiter, so the next one follows the previous part.
- * The stream is read as if it began with `\r\n` (two bytes never sent), so that the first
- * delimiter looks like every other. Held back are only a tail that may be the start of a
- * delimiter, and a part's headers until they end (at most 16 KiB): memory stays small.
+ *
+ * A part is taken as its delimiter (`\r\n--boundary`), the rest of that line, headers, a blank
+ * line and a value running up to the next delimiter, so a part dropped together with its delimiter
+ * leaves the next delimiter right after the previous part. The body is read as if it began with a
+ * CRLF that is never sent, so the first delimiter (`--boundary` at offset 0) is found like the others.
+ *
+ * States: `pass` (sending) and `drop` (discarding) look for the next delimiter, holding back only a
+ * chunk tail that may begin one; `headers` holds a delimiter and its header block until the blank
+ * line, then picks `pass` or `drop` for the part; `epilogue` (after `--boundary--`) sends everything.
+ * A header block over MAX_PART_HEADER_BYTES (the scanner's own limit), or a delimiter line that is
+ * not `--boundary[whitespace]CRLF`, is not judged: it passes as it is, as does any malformed input.
  */
 export function dropFormFields(boundary: string, names: ReadonlySet<string>): Transform {
   const delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1')
+  /** The held header block may reach this far: delimiter, the line's CRLF, headers, blank line. */
+  const headerWindow = delimiter.length + CRLF.length + MAX_PART_HEADER_BYTES
   let held: Buffer = CRLF
-  /** Bytes at the start of `held` that were never sent by the client (the leading CRLF). */
+  /** Bytes at the start of `held` that were never sent by the client (the made-up leading CRLF). */
   let unsent = CRLF.length
-  let mode: Mode = 'pass'
-  let sentAny = false
-  /** Parts were dropped before any byte went out: the next delimiter's CRLF would open the body. */
-  let droppedFirst = false
+  let mode: 'pass' | 'drop' | 'headers' | 'epilogue' = 'pass'
+  /** The first part was dropped: the next delimiter sent opens the body, so loses its CRLF. */
+  let stripCrlf = false
 
   return new Transform({
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
       held = held.length === 0 ? chunk : Buffer.concat([held, chunk])
       scan(this, false)
+      // A short tail is copied, so that it does not keep a large chunk alive.
+      if (mode !== 'headers' && held.length > 0) held = Buffer.from(held)
       callback()
     },
     flush(callback: TransformCallback) {
       scan(this, true)
-      if (mode !== 'drop') send(this, held.length)
-      held = Buffer.alloc(0)
       callback()
     }
   })
 
-  /** Sends (or, dropping, discards) held[0, end). */
-  function send(out: Transform, end: number, keep = mode !== 'drop'): void {
-    const from = Math.min(unsent, end)
-    unsent -= from
-    let bytes = held.subarray(from, end)
+  /** Sends held[0, end), or discards it while dropping. */
+  function send(out: Transform, end: number): void {
+    const skip = Math.min(unsent, end)
+    unsent -= skip
+    let bytes = held.subarray(skip, end)
     held = held.subarray(end)
-    if (!keep || bytes.length === 0) return
-    if (!sentAny && droppedFirst && bytes.subarray(0, 2).equals(CRLF)) bytes = bytes.subarray(2)
-    if (bytes.length === 0) return
-    sentAny = true
-    out.push(bytes)
+    if (mode === 'drop' || bytes.length === 0) return
+    if (stripCrlf && bytes[0] === CR && bytes[1] === LF) bytes = bytes.subarray(2)
+    stripCrlf = false
+    if (bytes.length > 0) out.push(bytes)
   }
 
   function scan(out: Transform, ending: boolean): void {
     for (;;) {
-      if (mode === 'epilogue') {
-        send(out, held.length)
-        return
-      }
+      if (mode === 'epilogue') return send(out, held.length)
       if (mode === 'pass' || mode === 'drop') {
         const at = held.indexOf(delimiter)
-        if (at === -1) {
-          // Keep what could be the start of a delimiter split across chunks.
-          send(out, ending ? held.length : Math.max(0, held.length - (delimiter.length - 1)))
-          return
-        }
+        if (at === -1) return send(out, ending ? held.length : partialDelimiterStart(held, delimiter))
         send(out, at)
         mode = 'headers'
-        continue
       }
-      // headers: `held` starts with a delimiter.
-      if (held.length < delimiter.length + 2) {
-        if (ending) mode = 'pass'
-        return
-      }
-      if (held[delimiter.length] === 0x2d && held[delimiter.length + 1] === 0x2d) {
-        mode = 'epilogue'
-        continue
-      }
-      const end = held.indexOf(HEADERS_END, delimiter.length)
-      if (end === -1) {
-        if (held.length <= MAX_HEADER_BYTES && !ending) return
-        // Headers that never end (or end past the cap): not a part we can judge; it passes.
-        mode = 'pass'
-        send(out, delimiter.length)
-        continue
-      }
-      const name = partName(held.toString('latin1', delimiter.length, end))
-      const drop = name !== null && names.has(name)
-      if (drop && !sentAny) droppedFirst = true
-      mode = drop ? 'drop' : 'pass'
-      send(out, end + HEADERS_END.length)
+      // `held` starts with a delimiter.
+      const decided = judgePart(ending)
+      if (decided === null) return
+      if (decided === 'drop' && unsent > 0) stripCrlf = true
+      mode = decided === 'unjudged' ? 'pass' : decided
+      // A part not judged passes from its delimiter on; its headers are searched for delimiters too.
+      if (decided === 'unjudged') send(out, delimiter.length)
+      else if (decided !== 'epilogue') send(out, headersEnd() + HEADERS_END.length)
     }
   }
+
+  function headersEnd(): number {
+    return held.subarray(0, headerWindow).indexOf(HEADERS_END, delimiter.length)
+  }
+
+  /** What the held delimiter opens; null while more bytes are needed to know. */
+  function judgePart(ending: boolean): 'pass' | 'drop' | 'epilogue' | 'unjudged' | null {
+    if (held.length < delimiter.length + 2) return ending ? 'unjudged' : null
+    if (held[delimiter.length] === DASH && held[delimiter.length + 1] === DASH) return 'epilogue'
+    const end = headersEnd()
+    if (end === -1) return ending || held.length >= headerWindow ? 'unjudged' : null
+    const [line = '', ...headers] = held.toString('utf8', delimiter.length, end).split('\r\n')
+    if (!/^[ \t]*$/.test(line)) return 'unjudged'
+    const name = partName(headers)
+    return name !== null && names.has(name) ? 'drop' : 'pass'
+  }
+}
+
+/** The part's name, read as the scanner reads it (the last Content-Disposition header counts). */
+function partName(headers: readonly string[]): string | null {
+  let name: string | null = null
+  for (const line of headers) {
+    const colon = line.indexOf(':')
+    if (colon > 0 && line.slice(0, colon).trim().toLowerCase() === 'content-disposition') {
+      name = parseDisposition(line.slice(colon + 1).trim())?.name ?? null
+    }
+  }
+  return name
+}
+
+/** Where a suffix of `data` that is a prefix of `delimiter` begins; data.length when none. */
+function partialDelimiterStart(data: Buffer, delimiter: Buffer): number {
+  const from = Math.max(0, data.length - delimiter.length + 1)
+  for (let p = data.indexOf(CR, from); p !== -1; p = data.indexOf(CR, p + 1)) {
+    if (data.subarray(p).equals(delimiter.subarray(0, data.length - p))) return p
+  }
+  return data.length
 }
