@@ -112,6 +112,7 @@ export const CATALOGUE = {
     type: 'invalid_request_error',
     when: 'a hosted image link with a wrong or missing signature, or whose image is no longer kept'
   },
+  image_store_unavailable: { status: 503, type: 'server_error', when: 'a hosted image link could not be served: its store (directory or Redis) failed' },
   image_link_expired: { status: 410, type: 'invalid_request_error', when: 'a hosted image link past its expiry (images.ttlMs)' },
   service_unavailable: {
     status: 503,

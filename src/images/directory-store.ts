@@ -9,6 +9,17 @@ const DEFAULT_SWEEP_EVERY_MS = 60_000
 const STALE_TEMP_MS = 10 * 60_000
 const TEMP_PREFIX = '.tmp-'
 
+/**
+ * mkdir accepts a directory that already exists, whoever made it: one in a shared place (/tmp)
+ * could belong to another user, who could then read or replace the images.
+ */
+async function checkPrivate(directory: string): Promise<void> {
+  const info = await stat(directory)
+  const uid = process.getuid?.()
+  if (uid !== undefined && info.uid !== uid) throw new Error(`image directory ${directory} belongs to another user (uid ${info.uid})`)
+  if ((info.mode & 0o022) !== 0) throw new Error(`image directory ${directory} is writable by other users`)
+}
+
 export interface DirectoryImageStoreOptions {
   /** How often the timer deletes expired images and stale temp files. */
   sweepEveryMs?: number
@@ -40,6 +51,7 @@ export class DirectoryImageStore implements ImageStore {
     const sweepEveryMs = options.sweepEveryMs ?? DEFAULT_SWEEP_EVERY_MS
     if (!Number.isFinite(sweepEveryMs) || sweepEveryMs <= 0) throw new RangeError('sweepEveryMs must be a positive number of ms')
     await mkdir(directory, { recursive: true, mode: 0o700 })
+    await checkPrivate(directory)
     return new DirectoryImageStore(directory, options.now ?? Date.now, sweepEveryMs)
   }
 

@@ -15,6 +15,10 @@ export interface ImageFilesOptions {
  * link; the signed link is the credential, as with OpenAI's own image URLs. A wrong signature is a
  * 404 (nothing tells it from a link that never was), an expired one a 410; both before any lookup.
  */
+function storeFailed(err: unknown): never {
+  throw new GatewayError('image_store_unavailable', 'The image store cannot be reached; try again shortly.', { cause: err })
+}
+
 export default async function imageFilesRoutes(app: FastifyInstance, options: ImageFilesOptions): Promise<void> {
   const { hosting, signer } = options
   const now = options.now ?? Date.now
@@ -23,14 +27,15 @@ export default async function imageFilesRoutes(app: FastifyInstance, options: Im
     const { expires, sig } = request.query
     const check = IMAGE_NAME.test(name) ? signer.check(name, expires, sig, now()) : 'invalid'
     if (check === 'expired') throw new GatewayError('image_link_expired', 'This image link has expired.')
-    const bytes = check === 'valid' ? await hosting.store.get(name) : null
+    const bytes = check === 'valid' ? await hosting.store.get(name).catch(storeFailed) : null
     if (bytes === null) throw new GatewayError('image_link_invalid', 'No image is kept under this link.')
     const extension = name.slice(name.lastIndexOf('.') + 1) as ImageExtension
     const maxAge = Math.max(0, Number(expires) - Math.ceil(now() / 1000))
     return reply
       .header('content-type', IMAGE_CONTENT_TYPES[extension])
       .header('content-length', bytes.length)
-      .header('cache-control', `private, max-age=${maxAge}, immutable`)
+      // Public: the link is the credential, so a CDN may keep the image as long as the link lasts.
+      .header('cache-control', `public, max-age=${maxAge}, immutable`)
       .header('x-content-type-options', 'nosniff')
       .send(bytes)
   })

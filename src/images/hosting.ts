@@ -26,6 +26,13 @@ function extensionOf(bytes: Buffer): ImageExtension | null {
   return probe.result().format
 }
 
+/** The image's extension; throws when the bytes are no image we serve. */
+function imageOnly(bytes: Buffer): ImageExtension {
+  const extension = extensionOf(bytes)
+  if (extension === null) throw hostingFailed('it is not a PNG, JPEG, WebP or GIF image')
+  return extension
+}
+
 function hostingFailed(why: string, cause?: unknown): GatewayError {
   return new GatewayError('image_hosting_failed', `The gateway could not host an image of the upstream's answer: ${why}.`, {
     cause,
@@ -60,28 +67,39 @@ export class ImageHosting {
   async shape(answer: Record<string, unknown>, want: ResponseFormat | null, rehost: boolean, signal: AbortSignal): Promise<HostedImages> {
     const done: HostedImages = { stored: 0, storedBytes: 0, fetched: 0 }
     const data = Array.isArray(answer.data) ? answer.data.filter(isRecord) : []
+    // The first image that fails stops the others: no fetch runs on, and nothing more is stored.
+    const stop = new AbortController()
+    const halted = AbortSignal.any([signal, stop.signal])
     await Promise.all(
       data.map(async (item) => {
         const { b64_json: b64, url } = item
         if (typeof b64 === 'string' && want === 'url') {
           const bytes = Buffer.from(b64, 'base64')
           delete item.b64_json
-          item.url = await this.keep(bytes, done)
+          item.url = await this.keep(bytes, done, halted)
         } else if (typeof url === 'string' && (want === 'b64_json' || rehost)) {
-          const bytes = await fetchImage(url, this.dispatcher, this.options.fetch, signal)
+          const bytes = await fetchImage(url, this.dispatcher, this.options.fetch, halted)
           done.fetched++
           delete item.url
-          if (want === 'b64_json') item.b64_json = bytes.toString('base64')
-          else item.url = await this.keep(bytes, done)
+          // Only an image is passed on: an upstream's URL must not fetch anything else for a client.
+          if (want === 'b64_json') {
+            imageOnly(bytes)
+            item.b64_json = bytes.toString('base64')
+          } else {
+            item.url = await this.keep(bytes, done, halted)
+          }
         }
       })
-    )
+    ).catch((err: unknown) => {
+      stop.abort(err)
+      throw err
+    })
     return done
   }
 
-  private async keep(bytes: Buffer, done: HostedImages): Promise<string> {
-    const extension = extensionOf(bytes)
-    if (extension === null) throw hostingFailed('it is not a PNG, JPEG, WebP or GIF image')
+  private async keep(bytes: Buffer, done: HostedImages, signal: AbortSignal): Promise<string> {
+    const extension = imageOnly(bytes)
+    if (signal.aborted) throw hostingFailed('another image of the answer failed')
     const name = `${randomBytes(16).toString('base64url')}.${extension}`
     // Whole seconds, as links carry them: a link never outlives its image.
     const expiresAt = Math.ceil((this.now() + this.options.ttlMs) / 1000) * 1000

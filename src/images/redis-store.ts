@@ -5,6 +5,8 @@ import { IMAGE_NAME, type ImageStore, type StoreUsage } from './store.js'
 export interface RedisImageStoreOptions {
   /** The clock, in ms since the epoch; tests move it. */
   now?: () => number
+  /** The client is this store's own (see imageClient in setup.ts): close() quits it. */
+  ownsClient?: boolean
 }
 
 /*
@@ -25,6 +27,7 @@ export interface RedisImageStoreOptions {
 export class RedisImageStore implements ImageStore {
   readonly kind = 'redis' as const
   private readonly now: () => number
+  private readonly ownsClient: boolean
   private readonly indexKey: string
 
   constructor(
@@ -33,6 +36,7 @@ export class RedisImageStore implements ImageStore {
     options: RedisImageStoreOptions = {}
   ) {
     this.now = options.now ?? Date.now
+    this.ownsClient = options.ownsClient ?? false
     this.indexKey = `${keyPrefix}images`
   }
 
@@ -65,8 +69,10 @@ export class RedisImageStore implements ImageStore {
     })
   }
 
-  /** The client is shared with the other Redis stores; whoever created it closes it. */
-  async close(): Promise<void> {}
+  /** A shared client is closed by whoever created it. */
+  async close(): Promise<void> {
+    if (this.ownsClient) await this.redis.quit().catch(() => undefined)
+  }
 
   /** The same names as the directory store refuses, so that the two backends are interchangeable. */
   private imageKey(name: string): string {

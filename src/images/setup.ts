@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
+import { Cluster } from 'ioredis'
 import type { Config } from '../config/schema.js'
 import type { SharedCounters } from '../keys/backend.js'
+import type { RedisClient } from '../redis/client.js'
 import { DirectoryImageStore } from './directory-store.js'
 import { ImageHosting } from './hosting.js'
 import { LinkSigner } from './links.js'
@@ -22,7 +24,24 @@ async function openStore(images: Config['images'], shared: SharedCounters | null
   if (images.store === 'directory') return DirectoryImageStore.open(images.directory)
   // The config check asks for the redis section; a test may still hand in an in-process backend.
   if (shared === null) throw new Error('images.store "redis" needs the redis section')
-  return new RedisImageStore(shared.redis, shared.keyPrefix)
+  return new RedisImageStore(imageClient(shared.redis), shared.keyPrefix, { ownsClient: true })
+}
+
+/** Images are MBs: a 40 MB answer takes a third of a second on a 1 Gbit/s link to Redis. */
+const IMAGE_COMMAND_TIMEOUT_MS = 10_000
+
+/**
+ * A connection of its own for images, with a deadline sized for MBs: on the shared one, a large
+ * SET would hold up (and time out) the small key and limit commands queued behind it.
+ */
+function imageClient(redis: RedisClient): RedisClient {
+  const client =
+    redis instanceof Cluster
+      ? redis.duplicate(undefined, { redisOptions: { ...redis.options.redisOptions, commandTimeout: IMAGE_COMMAND_TIMEOUT_MS } })
+      : redis.duplicate({ commandTimeout: IMAGE_COMMAND_TIMEOUT_MS, connectionName: 'igw-images' })
+  // Failures reach callers as rejected commands (see createRedis).
+  client.on('error', () => {})
+  return client
 }
 
 /**

@@ -120,8 +120,10 @@ export async function relayMultipart(
       const body = relay.body(deployment.upstreamModel, model)
       if (routed.withholdResponseFormat) {
         // A base64-only upstream refuses `response_format`, which may come anywhere in the form:
-        // the part is taken out as the bytes pass, and the length is no longer known.
-        return { body: withoutFields(body, boundary, WITHHELD_FIELDS), contentLength: null, wholeRequestSent: () => relay.bodyEnded }
+        // the part is taken out as the bytes pass, and the length is no longer known. The whole
+        // request is sent once the filter's last byte is read (it may hold the form's tail).
+        const filtered = withoutFields(body, boundary, WITHHELD_FIELDS)
+        return { body: filtered, contentLength: null, wholeRequestSent: () => filtered.readableEnded }
       }
       return {
         body,

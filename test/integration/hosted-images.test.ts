@@ -94,7 +94,7 @@ t.test('a GPT image model answers response_format url with gateway links to the 
   t.ok(image.bytes.equals(PNG), 'byte-identical to the upstream base64')
   t.equal(image.headers.get('content-type'), 'image/png')
   t.equal(image.headers.get('content-length'), String(PNG.length))
-  t.match(image.headers.get('cache-control'), /^private, max-age=(3[0-5][0-9]{2}|3600), immutable$/)
+  t.match(image.headers.get('cache-control'), /^public, max-age=(3[0-5][0-9]{2}|3600), immutable$/)
   t.ok((await download(second?.url ?? '')).bytes.equals(PNG_2))
   t.equal(filesIn(directory).length, 2, 'one file per image')
   const line = gateway.logs().find((l) => l.msg === 'request' && l.route === '/v1/images/generations')
@@ -263,6 +263,47 @@ t.test('an answer over images.maxAnswerBytes is refused, not read on', async (t)
   t.ok(failed instanceof OpenAI.APIError)
   t.match((failed as InstanceType<typeof OpenAI.APIError>).error, { code: 'image_hosting_failed' })
   t.match((failed as InstanceType<typeof OpenAI.APIError>).message, /over the 100000 bytes/)
+  t.strictSame(filesIn(directory), [])
+  const streamed = await client.images.generate({ model: 'gpt-image-1', prompt: 'x', response_format: 'b64_json' })
+  t.equal(streamed.data?.length, 1, 'b64_json of a base64 upstream needs no change: streamed, not capped')
+})
+
+t.test('an upstream URL that is not an image is neither inlined nor hosted; one failure stops the other images', async (t) => {
+  let origin = ''
+  let paths = ['/files/secret.json']
+  let slowDone = false
+  const { upstream, client, directory } = await hostedStack(
+    t,
+    imageUpstream(() => ({ created: 1, data: paths.map((p) => ({ url: `${origin}${p}` })) }), {
+      '/files/secret.json': (_request, response) => {
+        response.writeHead(200, { 'content-type': 'application/json' })
+        response.end('{"internal":"do not leak"}')
+      },
+      '/files/missing.png': (_request, response) => {
+        response.writeHead(404)
+        response.end()
+      },
+      '/files/slow.png': (_request, response) => {
+        response.writeHead(200, { 'content-type': 'image/png' })
+        response.write(PNG.subarray(0, 100))
+        setTimeout(() => {
+          slowDone = true
+          response.end(PNG.subarray(100))
+        }, 500)
+      }
+    }),
+    { gateway: { providerExtra: { rehostUrls: true } } }
+  )
+  origin = upstream.url
+  const inlined = await client.images.generate({ model: 'dall-e-2', prompt: 'x', response_format: 'b64_json' }).catch((e: unknown) => e)
+  t.ok(inlined instanceof OpenAI.APIError)
+  t.match((inlined as InstanceType<typeof OpenAI.APIError>).error, { code: 'image_hosting_failed', message: /not a PNG, JPEG, WebP or GIF/ })
+  t.notOk(JSON.stringify((inlined as InstanceType<typeof OpenAI.APIError>).error).includes('do not leak'))
+  paths = ['/files/missing.png', '/files/slow.png']
+  const failed = await client.images.generate({ model: 'dall-e-3', prompt: 'x' }).catch((e: unknown) => e)
+  t.ok(failed instanceof OpenAI.APIError)
+  await sleep(700)
+  t.notOk(slowDone && filesIn(directory).length > 0, 'the slow image was not stored after the answer failed')
   t.strictSame(filesIn(directory), [])
 })
 

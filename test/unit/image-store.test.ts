@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
 import { access, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -405,4 +406,14 @@ t.test('redis store', async (t) => {
     await t.rejects(store.put(imageName(), Buffer.from('x'), Date.now() + HOUR_MS), StoreUnavailableError)
     await t.rejects(store.usage(), StoreUnavailableError)
   })
+})
+
+t.test('directory store: a directory others can write to is refused', async (t) => {
+  const shared = mkdtempSync(join(tmpdir(), 'igw-shared-'))
+  t.teardown(() => rmSync(shared, { recursive: true, force: true }))
+  chmodSync(shared, 0o777)
+  await t.rejects(DirectoryImageStore.open(shared), /writable by other users/)
+  chmodSync(shared, 0o700)
+  const store = await DirectoryImageStore.open(shared)
+  await store.close()
 })
