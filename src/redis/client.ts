@@ -52,7 +52,16 @@ export function createRedis(
   const role: RedisOptions =
     options.role === 'subscriber'
       ? { ...common, enableOfflineQueue: true, maxRetriesPerRequest: null, autoResubscribe: true, connectionName: 'igw-subscriber' }
-      : { ...common, commandTimeout: COMMAND_TIMEOUT_MS, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'igw-commands' }
+      : {
+          ...common,
+          commandTimeout: COMMAND_TIMEOUT_MS,
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 1,
+          connectionName: 'igw-commands',
+          // Commands of one event-loop turn (many requests' limits and settles under load) go out
+          // in one write and come back in one read: fewer syscalls on both sides (docs/performance.md).
+          enableAutoPipelining: true
+        }
   let client: RedisClient
   if ('url' in where) {
     if (!/^rediss?:\/\//i.test(where.url)) throw new TypeError('a Redis URL starts with redis:// or rediss://')
