@@ -10,15 +10,15 @@ export interface ImageFilesOptions {
   now?: () => number
 }
 
+function storeFailed(err: unknown): never {
+  throw new GatewayError('image_store_unavailable', 'The image store cannot be reached; try again shortly.', { cause: err })
+}
+
 /**
  * GET (and HEAD) /v1/images/files/{id}.{ext}?expires=&sig=: a hosted image, to whoever holds its
  * link; the signed link is the credential, as with OpenAI's own image URLs. A wrong signature is a
  * 404 (nothing tells it from a link that never was), an expired one a 410; both before any lookup.
  */
-function storeFailed(err: unknown): never {
-  throw new GatewayError('image_store_unavailable', 'The image store cannot be reached; try again shortly.', { cause: err })
-}
-
 export default async function imageFilesRoutes(app: FastifyInstance, options: ImageFilesOptions): Promise<void> {
   const { hosting, signer } = options
   const now = options.now ?? Date.now
