@@ -101,7 +101,8 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   await app.register(auth, { authenticator })
   await app.register(imageRoutes, {
     relay: { registry, limits: config.limits, routing: config.routing, health, meter, idempotency, hosting },
-    shared: backend.shared
+    shared: backend.shared,
+    maxInFlight: config.server.maxInFlight
   })
   if (hosted !== null) await app.register(imageFilesRoutes, hosted)
   await app.register(modelRoutes, { registry })

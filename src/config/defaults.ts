@@ -21,6 +21,12 @@ export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 72_000
  * cut a large upload arriving slowly but steadily; stalled bodies are stopped by `limits.uploadIdleMs`.
  */
 export const DEFAULT_CLIENT_REQUEST_TIMEOUT_MS = 0
+/**
+ * Image requests in flight on one instance (uploading, waiting for the upstream, or answering);
+ * past it new ones get 503 server_busy at once. Streaming keeps each one small in memory, so the
+ * cap is about sockets and upstream connections: well above providers' maxConnections combined.
+ */
+export const DEFAULT_MAX_IN_FLIGHT = 1024
 /** fastify's bodyLimit outside the image routes (which set their own): admin bodies are a few hundred bytes. */
 export const SMALL_BODY_LIMIT_BYTES = 64 * 1024
 

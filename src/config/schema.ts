@@ -28,6 +28,7 @@ import {
   DEFAULT_LEASE_MS,
   DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_MAX_RETRY_WAIT_MS,
   DEFAULT_MAX_TOTAL_MS,
   DEFAULT_MULTIPART_BODY_BYTES,
@@ -200,6 +201,8 @@ const serverSchema = z
     keepAliveTimeoutMs: positiveInt.default(DEFAULT_KEEP_ALIVE_TIMEOUT_MS),
     /** Node's server.requestTimeout: a deadline for the whole request, body included; 0 is off. */
     requestTimeoutMs: z.number().int().min(0).default(DEFAULT_CLIENT_REQUEST_TIMEOUT_MS),
+    /** Image requests in flight on this instance; past it, 503 server_busy with retry-after. 0 is no cap. */
+    maxInFlight: z.number().int().min(0).default(DEFAULT_MAX_IN_FLIGHT),
     trustProxy: trustProxySchema.default(false)
   })
   .strict()

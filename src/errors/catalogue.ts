@@ -119,6 +119,11 @@ export const CATALOGUE = {
     type: 'server_error',
     when: 'the key store (Redis) cannot be reached and the key is not in the cache, or a request\'s Idempotency-Key cannot be checked'
   },
+  server_busy: {
+    status: 503,
+    type: 'server_error',
+    when: 'this instance already has server.maxInFlight image requests in flight (retry-after: 1; the SDKs retry)'
+  },
   upstream_unreachable: {
     status: 502,
     type: 'server_error',

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
 import { invalidJson } from '../http/error-handler.js'
+import { capInFlight } from '../http/in-flight.js'
 import type { Endpoint } from '../openai/models.js'
 import { requestsPerMinute } from '../limits/requests-per-minute.js'
 import type { RelayContext } from '../relay/dispatch.js'
@@ -12,6 +13,8 @@ export interface ImageRoutesOptions {
   relay: RelayContext
   /** Where requests per minute are counted across instances; null: in this process. */
   shared: SharedCounters | null
+  /** server.maxInFlight: image requests in flight on this instance; 0 is no cap. */
+  maxInFlight: number
 }
 
 function mediaType(request: FastifyRequest): string {
@@ -30,6 +33,7 @@ function unsupported(endpoint: Endpoint, takes: string): GatewayError {
 export default async function imageRoutes(app: FastifyInstance, options: ImageRoutesOptions): Promise<void> {
   const { relay } = options
   const { limits } = relay
+  capInFlight(app, options.maxInFlight)
   await requestsPerMinute(app, options.shared)
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, raw, done) => {
