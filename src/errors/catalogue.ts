@@ -18,11 +18,16 @@ interface Entry {
 }
 
 export const CATALOGUE = {
-  invalid_json: { status: 400, type: 'invalid_request_error', when: 'the body is not valid JSON' },
+  invalid_json: { status: 400, type: 'invalid_request_error', when: 'the body is not valid JSON, or is nested more than 64 levels deep' },
   unsupported_content_type: {
     status: 400,
     type: 'invalid_request_error',
     when: 'the Content-Type is not one the endpoint takes'
+  },
+  unsupported_content_encoding: {
+    status: 415,
+    type: 'invalid_request_error',
+    when: 'an image request body has a Content-Encoding (gzip, say): bodies are taken uncompressed only (accept-encoding: identity)'
   },
   invalid_multipart: {
     status: 400,
@@ -123,6 +128,11 @@ export const CATALOGUE = {
     status: 503,
     type: 'server_error',
     when: 'this instance already has server.maxInFlight image requests in flight (retry-after: 1; the SDKs retry)'
+  },
+  server_shutting_down: {
+    status: 503,
+    type: 'server_error',
+    when: 'this instance is shutting down: a request that still arrived on an open connection during the drain is refused before any work (connection: close, x-should-retry: true; the SDKs retry)'
   },
   upstream_unreachable: {
     status: 502,

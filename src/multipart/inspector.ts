@@ -8,6 +8,12 @@ import type { PartInfo, ScannerEvents } from './scanner.js'
 export const MAX_FIELD_BYTES = 256 * 1024
 /** OpenAI takes 16 images, a mask and a dozen fields; anything near this is abuse. */
 export const MAX_PARTS = 100
+/**
+ * All text parts together, since each is held whole: a longest prompt and a dozen short values
+ * fit four times over, while MAX_PARTS fields of MAX_FIELD_BYTES would hold 25 MiB per request
+ * (reliability.md case 12: 40 text fields just under the per-field cap).
+ */
+export const MAX_TEXT_BYTES = 1024 * 1024
 
 const IMAGE_FIELDS = new Set(['image', 'image[]'])
 const MASK_FIELD = 'mask'
@@ -56,6 +62,7 @@ export class FormInspector implements ScannerEvents, Fields {
   private readonly onModel: () => void
   private current: Current = { kind: 'other' }
   private parts = 0
+  private textBytes = 0
   private routed: Routed | null = null
 
   constructor(endpoint: Endpoint, onModel: () => void) {
@@ -122,6 +129,10 @@ export class FormInspector implements ScannerEvents, Fields {
           `Invalid '${current.name}': the value is over ${MAX_FIELD_BYTES} bytes.`,
           { param: current.name }
         )
+      }
+      this.textBytes += data.length
+      if (this.textBytes > MAX_TEXT_BYTES) {
+        throw new GatewayError('request_too_large', `The form's text fields are over ${MAX_TEXT_BYTES} bytes in all.`)
       }
       current.chunks.push(Buffer.from(data))
     } else if (current.kind === 'file') {

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http'
 import { Readable } from 'node:stream'
 import { GatewayError } from '../errors/catalogue.js'
+import { lingerOnClose } from '../http/lingering-close.js'
 import type { Endpoint, ModelRules } from '../openai/models.js'
 import { FormInspector } from './inspector.js'
 import { MultipartScanner, MultipartSyntaxError } from './scanner.js'
@@ -13,6 +14,8 @@ export interface RelayOptions {
   holdMemoryBytes: number
   /** An upload that sends nothing for this long is failed (408), so it cannot hold an upstream call open. */
   idleTimeoutMs: number
+  /** The client's Content-Length, when it sent one (a chunked upload has none). */
+  declaredBytes?: number | null
 }
 
 /** How the upstream body differs from the client's: the `model` value swapped, or a model part added. */
@@ -41,6 +44,8 @@ export class MultipartRelay {
   readonly routable: Promise<void>
   bytesIn = 0
   private readonly source: IncomingMessage
+  /** The client's Content-Length, when it sent one (a chunked upload has none). */
+  private readonly declaredBytes: number | null
   private readonly options: RelayOptions
   private readonly scanner: MultipartScanner
   private readonly spool: ByteSpool
@@ -64,6 +69,7 @@ export class MultipartRelay {
 
   constructor(source: IncomingMessage, options: RelayOptions) {
     this.source = source
+    this.declaredBytes = options.declaredBytes ?? null
     this.options = options
     this.inspector = new FormInspector(options.endpoint, () => {
       this.modelSeen = true
@@ -120,6 +126,10 @@ export class MultipartRelay {
     }
     try {
       this.scanner.write(chunk)
+      // The client's last byte by its Content-Length, and the form has not closed: refuse it now.
+      // The upstream is sent the same length, so this chunk would complete its request with a form
+      // that never closes, and a lenient upstream parser might run it.
+      if (this.bytesIn === this.declaredBytes) this.scanner.end()
     } catch (err) {
       this.fail(asGatewayError(err))
       return
@@ -398,12 +408,10 @@ export class MultipartRelay {
    */
   private drain(): void {
     if (this.sourceEnded) return
-    this.source.removeAllListeners('data')
-    this.source.on('data', (chunk: Buffer) => {
-      this.bytesIn += chunk.length
-      if (this.bytesIn > this.options.maxBodyBytes + DRAIN_PAST_CAP_BYTES) this.source.destroy()
+    lingerOnClose(this.source, {
+      maxBytes: Math.max(0, this.options.maxBodyBytes + DRAIN_PAST_CAP_BYTES - this.bytesIn),
+      idleMs: this.options.idleTimeoutMs
     })
-    this.source.resume()
   }
 
   private stopIdleTimer(): void {

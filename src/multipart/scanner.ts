@@ -30,6 +30,8 @@ export class MultipartSyntaxError extends Error {
 }
 
 export const MAX_PART_HEADER_BYTES = 16 * 1024
+/** A part needs Content-Disposition and maybe Content-Type; busboy's default allows 2000 (reliability.md case 11). */
+export const MAX_PART_HEADER_LINES = 32
 const CR = 13
 const LF = 10
 const DASH = 45
@@ -205,7 +207,9 @@ function partialDelimiterStart(data: Buffer, delimiter: Buffer, min: number): nu
 function parsePartHeaders(block: string): PartInfo {
   let disposition: ReturnType<typeof parseDisposition> = null
   let contentType: string | null = null
-  for (const line of block.split('\r\n')) {
+  const lines = block.split('\r\n')
+  if (lines.length > MAX_PART_HEADER_LINES) throw new MultipartSyntaxError(`a part has more than ${MAX_PART_HEADER_LINES} header lines`)
+  for (const line of lines) {
     if (line === '') continue
     const colon = line.indexOf(':')
     if (colon <= 0) throw new MultipartSyntaxError('a part header line has no name')

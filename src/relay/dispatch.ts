@@ -101,6 +101,8 @@ export interface Dispatch {
   charge: Charge | null
   /** The body for an attempt at this deployment; null when it cannot be sent again. */
   bodyFor: (deployment: Deployment) => AttemptBody | null
+  /** Whether bodyFor can give a second attempt its body (default: yes); asked before waiting out a retry-after. */
+  canSendAgain?: () => boolean
   /** Told how the request ended, beside the charge (idempotency keeps the answer); null: no one. */
   recorder?: AnswerRecorder | null
   /**
@@ -156,6 +158,8 @@ export async function dispatch(context: RelayContext, request: FastifyRequest, r
       // No other deployment left: a short retry-after is waited out, once.
       const wait = last.failure.retryAfterMs
       if (wait === null || wait > routing.maxRetryWaitMs || Date.now() - started + wait > routing.maxTotalMs) break
+      // An upload that was not kept cannot be sent again: waiting would only delay the 429.
+      if (job.canSendAgain?.() === false) break
       waitedOnce = true
       await sleep(wait, undefined, { signal: job.signal }).catch(() => undefined)
       if (job.signal.aborted) break

@@ -61,7 +61,8 @@ export async function relayMultipart(
     boundary,
     maxBodyBytes: limits.multipartBodyBytes,
     holdMemoryBytes: limits.holdMemoryBytes,
-    idleTimeoutMs: limits.uploadIdleMs
+    idleTimeoutMs: limits.uploadIdleMs,
+    declaredBytes: length
   })
   request.gateway.body = relay
   // With an Idempotency-Key, the form is identified as it streams: a stored answer is replayed
@@ -115,6 +116,7 @@ export async function relayMultipart(
     charge,
     recorder: run,
     wantedFormat: () => wantedFormat(routed, relay.inspector),
+    canSendAgain: () => relay.replayable,
     bodyFor: (deployment) => {
       if (attempts++ > 0 && !relay.replayable) return null
       const body = relay.body(deployment.upstreamModel, model)

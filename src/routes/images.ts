@@ -26,6 +26,41 @@ function unsupported(endpoint: Endpoint, takes: string): GatewayError {
 }
 
 /**
+ * OpenAI's image bodies nest three levels (`images[].image_url`). Deeper ones are refused as they
+ * are parsed: re-serialising one (for an alias, or the default model made explicit) recursed in
+ * JSON.stringify and overflowed the stack near 5,000 levels, a 500 for a 10 KB body.
+ */
+export const MAX_JSON_DEPTH = 64
+
+/** Walked without recursion, and without copying a large array's items. */
+function nestedDeeperThan(value: object, limit: number): boolean {
+  const pending: [object, number][] = [[value, 1]]
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [item, depth] = next
+    if (depth > limit) return true
+    const children = item as Record<string, unknown>
+    const keep = (child: unknown): void => {
+      if (child !== null && typeof child === 'object') pending.push([child, depth + 1])
+    }
+    if (Array.isArray(item)) for (let i = 0; i < item.length; i++) keep(item[i])
+    else for (const key in children) keep(children[key])
+  }
+  return false
+}
+
+/**
+ * Bodies are relayed as sent and never decoded, so a compressed one could be neither checked nor
+ * relayed (its Content-Encoding is not forwarded): refused before a byte is read (RFC 9110 §15.5.16).
+ */
+function refuseContentEncoding(request: FastifyRequest): void {
+  const coding = (request.headers['content-encoding'] ?? '').trim().toLowerCase()
+  if (coding === '' || coding === 'identity') return
+  throw new GatewayError('unsupported_content_encoding', 'Compressed request bodies are not supported: send the body without Content-Encoding.', {
+    headers: { 'accept-encoding': 'identity' }
+  })
+}
+
+/**
  * POST /v1/images/{generations,edits,variations}. This scope has its own body parsers: JSON is
  * kept as bytes beside its parsed value (so it can be relayed unchanged), and multipart is not
  * parsed at all here: the route streams it (fastify's bodyLimit does not apply; the relay counts).
@@ -33,6 +68,8 @@ function unsupported(endpoint: Endpoint, takes: string): GatewayError {
 export default async function imageRoutes(app: FastifyInstance, options: ImageRoutesOptions): Promise<void> {
   const { relay } = options
   const { limits } = relay
+  // After authentication (a global onRequest hook), before the in-flight cap and the key's limits.
+  app.addHook('onRequest', async (request) => refuseContentEncoding(request))
   capInFlight(app, options.maxInFlight)
   await requestsPerMinute(app, options.shared)
   app.removeAllContentTypeParsers()
@@ -46,6 +83,10 @@ export default async function imageRoutes(app: FastifyInstance, options: ImageRo
     }
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
       done(invalidJson(), undefined)
+      return
+    }
+    if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+      done(new GatewayError('invalid_json', `The JSON body is nested more than ${MAX_JSON_DEPTH} levels deep.`), undefined)
       return
     }
     const body: JsonBody = { raw: raw as Buffer, value: value as Record<string, unknown> }
