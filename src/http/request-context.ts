@@ -157,7 +157,8 @@ async function requestContext(app: FastifyInstance): Promise<void> {
     // fastify runs onResponse on 'finish' only; a client that leaves first is seen here.
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) return
-      request.gateway.clientClosed = true
+      // Unless the gateway cut it for an error of its own (an upstream answer that broke off).
+      request.gateway.clientClosed = request.gateway.errorCode === null
       finishRequest(app, request, reply)
     })
   })

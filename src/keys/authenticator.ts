@@ -10,13 +10,14 @@ export interface AuthCacheOptions {
   negativeTtlMs: number
   /** While the store is unreachable, a cached key keeps working this long past its ttl. */
   staleMs: number
+  /** Found keys kept, and, apart, unknown digests kept. */
   maxEntries: number
 }
 
 export const DEFAULT_AUTH_CACHE: AuthCacheOptions = { ttlMs: 5_000, negativeTtlMs: 2_000, staleMs: 60_000, maxEntries: 10_000 }
 
 interface Entry {
-  record: KeyRecord | null
+  record: KeyRecord
   fetchedAtMs: number
 }
 
@@ -47,6 +48,11 @@ export class Authenticator {
   private readonly store: KeyStore
   private readonly options: AuthCacheOptions
   private readonly cache = new Map<string, Entry>()
+  /**
+   * Digests the store did not know, and when it said so. Apart from found keys, so that a flood of
+   * random keys evicts only its own kind: found keys are what carries callers through a store outage.
+   */
+  private readonly unknown = new Map<string, number>()
   private readonly digestById = new Map<string, string>()
   /** Counts invalidations, so a lookup that raced one does not cache what it read before it. */
   private epoch = 0
@@ -80,12 +86,14 @@ export class Authenticator {
 
   private async lookup(digest: string, nowMs: number): Promise<KeyRecord | null> {
     const cached = this.cache.get(digest)
-    if (cached !== undefined) {
-      const ttl = cached.record === null ? this.options.negativeTtlMs : this.options.ttlMs
-      if (nowMs - cached.fetchedAtMs < ttl) {
-        this.stats.hits++
-        return cached.record
-      }
+    if (cached !== undefined && nowMs - cached.fetchedAtMs < this.options.ttlMs) {
+      this.stats.hits++
+      return cached.record
+    }
+    const unknownAtMs = this.unknown.get(digest)
+    if (unknownAtMs !== undefined && nowMs - unknownAtMs < this.options.negativeTtlMs) {
+      this.stats.hits++
+      return null
     }
     this.stats.misses++
     const epoch = this.epoch
@@ -94,7 +102,7 @@ export class Authenticator {
       record = await this.store.findByDigest(digest)
     } catch (err) {
       // A known key keeps working for a while when the store is down; anything else is a 503, never a 401.
-      if (cached?.record != null && nowMs - cached.fetchedAtMs < this.options.ttlMs + this.options.staleMs) {
+      if (cached !== undefined && nowMs - cached.fetchedAtMs < this.options.ttlMs + this.options.staleMs) {
         return cached.record
       }
       throw new GatewayError('service_unavailable', 'The gateway cannot check keys right now. Try again shortly.', {
@@ -107,12 +115,23 @@ export class Authenticator {
   }
 
   private remember(digest: string, record: KeyRecord | null, nowMs: number): void {
-    if (this.cache.size >= this.options.maxEntries) {
-      const oldest = this.cache.keys().next().value
-      if (oldest !== undefined) this.cache.delete(oldest)
+    if (record === null) {
+      this.cache.delete(digest)
+      setBounded(this.unknown, digest, nowMs, this.options.maxEntries)
+      return
     }
-    this.cache.delete(digest)
-    this.cache.set(digest, { record, fetchedAtMs: nowMs })
-    if (record !== null) this.digestById.set(record.id, digest)
+    this.unknown.delete(digest)
+    setBounded(this.cache, digest, { record, fetchedAtMs: nowMs }, this.options.maxEntries)
+    this.digestById.set(record.id, digest)
   }
+}
+
+/** Sets `key` last in insertion order, first dropping the oldest entry when the map is full. */
+function setBounded<V>(map: Map<string, V>, key: string, value: V, maxEntries: number): void {
+  map.delete(key)
+  if (map.size >= maxEntries) {
+    const oldest = map.keys().next().value
+    if (oldest !== undefined) map.delete(oldest)
+  }
+  map.set(key, value)
 }

@@ -15,7 +15,10 @@ export const openaiAdapter: ProviderAdapter = {
   secrets(config) {
     // Configured headers may carry credentials too (an api-key for a relay): blank them all out.
     const headerValues = Object.values(config.headers).filter((value) => value.length >= 8)
-    return config.apiKey === undefined ? headerValues : [config.apiKey, ...headerValues]
+    // OpenAI's refusals name the organisation and project ("No such organization: org-..."): they
+    // identify the gateway's account, not the client's, and are blanked out like the key.
+    const account = [config.organization, config.project].filter((value): value is string => value !== undefined && value.length > 0)
+    return config.apiKey === undefined ? [...headerValues, ...account] : [config.apiKey, ...headerValues, ...account]
   },
   normaliseError: normaliseErrorBody
 }

@@ -8,6 +8,7 @@ import type { ImageHosting, ResponseFormat } from '../images/hosting.js'
 import type { Charge } from '../limits/charge.js'
 import { clientGone } from '../relay/lifetime.js'
 import { clientResponseHeaders } from './headers.js'
+import { mapTransportError } from './transport-errors.js'
 
 /** Why an answer that may have cost never reached the gateway whole. */
 export type LostAnswer = 'client_left' | 'upstream_failed'
@@ -143,6 +144,11 @@ function sendSuccess(
 ): void {
   const copy = recorder?.answer(status, headers, streaming) ?? null
   if (streaming) headers['x-accel-buffering'] = 'no'
+  // An answer that breaks after its headers went out can only be cut (or, as an event stream, ended
+  // with an error event): the request's log line says why, and does not call it a client that left.
+  source.once('error', (err) => {
+    if (!clientGone(reply)) reply.request.gateway.errorCode = mapTransportError(err, '').code
+  })
   const body = charge === null && copy === null ? source : metered(source, streaming, reply, charge, copy)
   reply
     .code(status)
