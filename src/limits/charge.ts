@@ -33,6 +33,11 @@ export interface MeterOptions {
 }
 
 const SETTLE_RETRY_MS = 1_000
+/**
+ * How long close() waits for requests still being settled. When a shutdown cuts requests short,
+ * their relays settle a few event-loop turns after the connections closed, after close() began.
+ */
+const CLOSE_WAIT_MS = 500
 const MAX_PENDING_SETTLEMENTS = 10_000
 
 interface Settlement {
@@ -53,6 +58,9 @@ export class Meter {
   private readonly fallback = new Map<string, LocalLimits>()
   private readonly pending: Settlement[] = []
   private retryTimer: NodeJS.Timeout | null = null
+  /** Tickets admitted and not yet settled, and settlements sent and not yet answered: close() waits for both. */
+  private readonly open = new Set<string>()
+  private readonly sending = new Set<Promise<void>>()
 
   constructor(options: MeterOptions) {
     this.options = options
@@ -107,6 +115,7 @@ export class Meter {
     }
     // Nothing to check: no round trip on the way in (usage is still recorded at settlement).
     if (key.imagesPerMinute === null && concurrency === null && key.budgetMicroUsd === null) {
+      this.open.add(admission.ticket)
       return new Charge(this, key.id, admission.ticket, model, endpoint, fields, images, reserveMicroUsd, null)
     }
     let result
@@ -115,6 +124,7 @@ export class Meter {
       result = await this.options.store.admit(admission)
     } catch (err) {
       if (key.budgetMicroUsd !== null) {
+        this.release(admission.keyId, admission.ticket)
         throw new GatewayError('service_unavailable', 'The gateway cannot check this key\'s budget right now. Try again shortly.', { cause: err })
       }
       local = this.fallback.get(key.id) ?? new LocalLimits()
@@ -122,20 +132,35 @@ export class Meter {
       result = local.admit({ ...admission, budgetMicroUsd: null }, 0)
     }
     if (!result.ok) {
+      if (local !== null) this.release(admission.keyId, admission.ticket)
       if (result.limit === 'budget') throw overBudget(result.limitValue, result.remaining)
       throw rateLimited(result.limit, result.limitValue, result.remaining, result.retryAfterMs)
     }
+    this.open.add(admission.ticket)
     return new Charge(this, key.id, admission.ticket, model, endpoint, fields, images, reserveMicroUsd, local)
+  }
+
+  /**
+   * Frees a ticket whose admission failed in the store and that no Charge will settle. The store
+   * may have run the admission and lost only its answer (a command that timed out against a
+   * frozen Redis runs when it thaws): its slot and reservation would hold the key until the lease
+   * lapses (15 min), a key stuck at 429 (LiteLLM #20256). Settling is idempotent per ticket.
+   */
+  private release(keyId: string, ticket: string): void {
+    this.settle({ keyId, ticket, usage: RELEASE_ONLY, nowMs: Date.now() }, null)
   }
 
   /** @internal */
   settle(settlement: Settlement, local: LocalLimits | null): void {
     local?.release(settlement.ticket)
-    this.options.store.settle(settlement.keyId, settlement.ticket, settlement.usage, settlement.nowMs).catch((err: unknown) => {
+    this.open.delete(settlement.ticket)
+    const sent = this.options.store.settle(settlement.keyId, settlement.ticket, settlement.usage, settlement.nowMs).catch((err: unknown) => {
       // Only an unreachable store is worth waiting for; anything else would fail the same way forever.
       if (err instanceof StoreUnavailableError) this.enqueue(settlement)
       else this.options.log.error({ keyId: settlement.keyId, err: safeError(err) }, 'usage settlement refused by the key store')
     })
+    this.sending.add(sent)
+    void sent.finally(() => this.sending.delete(sent))
   }
 
   costOf(model: string, endpoint: Endpoint, fields: Fields, tapped: Tapped): number {
@@ -173,8 +198,15 @@ export class Meter {
     return this.pending.length
   }
 
-  /** Stops retrying, after one last attempt at what is still queued. */
+  /** Waits a little for requests still settling, then stops retrying, after one last attempt at what is still queued. */
   async close(): Promise<void> {
+    const deadline = Date.now() + CLOSE_WAIT_MS
+    while ((this.open.size > 0 || this.sending.size > 0) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    if (this.open.size > 0) {
+      this.options.log.warn({ requests: this.open.size }, 'closing with requests never settled: their slots and reservations lapse with their lease')
+    }
     if (this.retryTimer !== null) clearTimeout(this.retryTimer)
     this.retryTimer = null
     if (this.pending.length > 0) await this.replay()

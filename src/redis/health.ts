@@ -1,3 +1,4 @@
+import type { FastifyBaseLogger } from 'fastify'
 import type { RedisClient } from './client.js'
 
 /** After a failed command, Redis is skipped this long (a frozen Redis keeps its socket open). */
@@ -21,5 +22,26 @@ export class RedisHealth {
 
   failed(nowMs = Date.now()): void {
     this.lastFailureMs = nowMs
+  }
+
+  /**
+   * Logs each change between reachable and unreachable once: the connection's 'close' comes once
+   * per failed reconnect attempt, and requests never log Redis errors of their own beyond their
+   * 'request failed' line, so an outage is one warning and its end one info line.
+   */
+  watch(log: FastifyBaseLogger): void {
+    let downSinceMs: number | null = null
+    const down = (): void => {
+      if (downSinceMs !== null) return
+      downSinceMs = Date.now()
+      log.warn('redis unreachable: cached keys only, limits counted in this instance, budgeted keys refused (503)')
+    }
+    const up = (): void => {
+      if (downSinceMs === null) return
+      log.info({ downMs: Date.now() - downSinceMs }, 'redis reachable again')
+      downSinceMs = null
+    }
+    this.redis.on('close', down)
+    this.redis.on('ready', up)
   }
 }

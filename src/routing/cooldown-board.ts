@@ -55,6 +55,9 @@ function parseMessage(text: string): { from: string | null; notice: CooldownNoti
   return { from, notice }
 }
 
+/** How long close() waits for UNSUBSCRIBE (as the key store waits for QUIT). */
+const UNSUBSCRIBE_WAIT_MS = 500
+
 export class RedisCooldownBoard implements CooldownBoard {
   private readonly redis: RedisClient
   private readonly subscriber: RedisClient
@@ -122,6 +125,13 @@ export class RedisCooldownBoard implements CooldownBoard {
     this.closed = true
     this.subscriber.off('message', this.onMessage)
     this.subscriber.off('ready', this.onReady)
-    await this.subscriber.unsubscribe(this.key).catch(() => undefined)
+    // The subscriber keeps an offline queue and has no command deadline: with Redis down or
+    // frozen, UNSUBSCRIBE would wait for its return and hold the gateway's close open forever.
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      this.subscriber.unsubscribe(this.key).catch(() => undefined),
+      new Promise((resolve) => (timer = setTimeout(resolve, UNSUBSCRIBE_WAIT_MS)))
+    ])
+    clearTimeout(timer)
   }
 }
