@@ -17,6 +17,7 @@ import imageFilesRoutes from './images/files-route.js'
 import { setUpHosting } from './images/setup.js'
 import { createBackend, type StateBackend } from './keys/backend.js'
 import { Meter } from './limits/charge.js'
+import { refuseWhileDraining } from './lifecycle.js'
 import { Registry } from './providers/registry.js'
 import { RedisCooldownBoard, localBoard } from './routing/cooldown-board.js'
 import { DeploymentHealth } from './routing/health.js'
@@ -64,7 +65,8 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     trustProxy: typeof config.server.trustProxy === 'boolean' ? config.server.trustProxy : [...config.server.trustProxy],
     // Routes without a cap of their own (admin); the image routes set theirs from `limits`.
     bodyLimit: SMALL_BODY_LIMIT_BYTES,
-    return503OnClosing: true
+    // Off: refuseWhileDraining answers requests that arrive during the drain, in the error envelope.
+    return503OnClosing: false
   })
   const registry = await Registry.create(config)
   const backend = options.backend ?? createBackend(config)
@@ -75,6 +77,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
     maxEntries: 10_000
   })
   const shared = backend.shared
+  shared?.health.watch(app.log)
   const board = shared === null ? localBoard() : new RedisCooldownBoard(shared.redis, shared.subscriber, shared.keyPrefix)
   const health = new DeploymentHealth(config.routing.cooldown, board)
   const meter = new Meter({ store: backend.store, costs: priceCostModel(config.prices), leaseMs: config.keys.leaseMs, log: app.log })
@@ -97,6 +100,7 @@ export async function buildApp(config: Config, options: AppOptions): Promise<Fas
   // authentication, which the routes ask for through their `config.auth`.
   await app.register(errorHandler)
   await app.register(requestContext)
+  await app.register(refuseWhileDraining)
   await app.register(bodyIdle, { idleMs: config.limits.uploadIdleMs })
   await app.register(auth, { authenticator })
   await app.register(imageRoutes, {

@@ -5,7 +5,7 @@ import { loadConfig, type Env } from './config/load.js'
 import { LOCAL_PROVIDER_TYPES } from './config/schema.js'
 import { looksLikeKey, newKey } from './keys/key-material.js'
 import { MemoryKeyStore } from './keys/memory-store.js'
-import { shutdown } from './lifecycle.js'
+import { exitOnSignalsAndFatalErrors } from './lifecycle.js'
 import { createLogger } from './logging.js'
 import { safeError } from './errors/safe-error.js'
 
@@ -15,7 +15,7 @@ export const DEFAULT_CONFIG_PATH = join(CONFIG_DIRECTORY, 'gateway.sandbox.yaml'
 /** The starting point for a real deployment: relays to OpenAI with OPENAI_API_KEY. */
 export const EXAMPLE_CONFIG_PATH = join(CONFIG_DIRECTORY, 'gateway.example.yaml')
 
-/** Loads config, listens, and closes cleanly on SIGTERM/SIGINT. Nothing testable lives here. */
+/** Loads config, listens, and closes cleanly on SIGTERM/SIGINT (src/lifecycle.ts). Nothing testable lives here. */
 export async function startServer(env: Env): Promise<void> {
   const configPath = env.GATEWAY_CONFIG ?? DEFAULT_CONFIG_PATH
   const config = loadConfig(configPath, env)
@@ -29,24 +29,7 @@ export async function startServer(env: Env): Promise<void> {
   for (const provider of config.providers) {
     if (provider.apiKey === undefined && !LOCAL_PROVIDER_TYPES.includes(provider.type)) logger.warn({ provider: provider.id }, 'provider has no apiKey: upstream calls go unauthenticated')
   }
-  let closing = false
-  const close = (signal: string): void => {
-    if (closing) return
-    closing = true
-    logger.info({ signal, graceMs: config.server.shutdownGraceMs }, 'draining')
-    shutdown(app, config.server.shutdownGraceMs).then(
-      (outcome) => {
-        logger.info({ outcome }, 'closed')
-        process.exit(0)
-      },
-      (err: unknown) => {
-        logger.error({ err: safeError(err) }, 'close failed')
-        process.exit(1)
-      }
-    )
-  }
-  process.once('SIGTERM', () => close('SIGTERM'))
-  process.once('SIGINT', () => close('SIGINT'))
+  exitOnSignalsAndFatalErrors(app, logger, config.server.shutdownGraceMs)
   await app.listen({ host: config.server.host, port: config.server.port })
   logger.info(
     { config: configPath, models: config.models.map((m) => m.name), providers: config.providers.map((p) => p.id) },

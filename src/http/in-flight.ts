@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
+import { clientGone } from '../relay/lifetime.js'
 
 /**
  * A cap on this instance's image requests in flight, from their headers to the end of their answer
@@ -17,6 +18,9 @@ export function capInFlight(app: FastifyInstance, max: number): void {
         headers: { 'retry-after': '1' }
       })
     }
+    // A client that left before this hook ran (while its key was looked up, say) has had its
+    // 'close' already: counting it would hold a slot for good. It is not in flight any more.
+    if (clientGone(reply)) return
     inFlight += 1
     // 'close' comes once per answer, whether it finished or the client left.
     reply.raw.once('close', () => {
