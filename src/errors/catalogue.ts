@@ -66,7 +66,7 @@ export const CATALOGUE = {
     type: 'invalid_request_error',
     when: 'a request body (multipart or JSON) stalled: nothing arrived for limits.uploadIdleMs; or the headers did not arrive within server.headersTimeoutMs (the request within server.requestTimeoutMs, when set)'
   },
-  request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap' },
+  request_too_large: { status: 413, type: 'invalid_request_error', when: 'the body is over the gateway\'s cap, or a form has more than 100 parts or 1 MiB of text fields' },
   invalid_api_key: {
     status: 401,
     type: 'invalid_request_error',
