@@ -9,7 +9,8 @@ const IDLE_SWEEP_MS = 100
 /** The longest drain after an uncaught exception: the process may be in a state nobody planned for. */
 export const FATAL_GRACE_MS = 10_000
 /** How long past the grace period closing may take (a store that never answers its quit) before the process exits anyway. */
-const CLOSE_BACKSTOP_MS = 1_000
+const CLOSE_BACKSTOP_MS = 5_000
+const STILL_SERVED: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics'])
 
 /**
  * While draining, a request that still arrives (on a keep-alive connection busy when the listener
@@ -19,11 +20,17 @@ const CLOSE_BACKSTOP_MS = 1_000
  */
 export const refuseWhileDraining = fp(
   async (app: FastifyInstance) => {
-    app.addHook('onRequest', async () => {
-      if (!app.lifecycle.draining) return
-      throw new GatewayError('server_shutting_down', 'This gateway instance is shutting down; the request was not run. Retry it.', {
-        headers: { connection: 'close', 'x-should-retry': 'true' }
-      })
+    app.addHook('onRequest', (request, _reply, done) => {
+      // Health and metrics keep answering: /readyz says "draining", and a scrape sees the drain.
+      if (!app.lifecycle.draining || STILL_SERVED.has(request.url)) {
+        done()
+        return
+      }
+      done(
+        new GatewayError('server_shutting_down', 'This gateway instance is shutting down; the request was not run. Retry it.', {
+          headers: { connection: 'close', 'x-should-retry': 'true' }
+        })
+      )
     })
   },
   { name: 'refuse-while-draining', dependencies: ['error-handler'] }
@@ -63,7 +70,9 @@ export async function shutdown(app: FastifyInstance, graceMs: number): Promise<S
  */
 export function exitOnSignalsAndFatalErrors(app: FastifyInstance, log: FastifyBaseLogger, graceMs: number): void {
   let closing = false
-  const close = (reason: string, grace: number, exitCode: number): void => {
+  // Raised to 1 by an uncaught exception, even one that comes during a drain a signal started.
+  let exitCode = 0
+  const close = (reason: string, grace: number): void => {
     closing = true
     log.info({ reason, graceMs: grace }, 'draining')
     setTimeout(() => {
@@ -82,7 +91,7 @@ export function exitOnSignalsAndFatalErrors(app: FastifyInstance, log: FastifyBa
     )
   }
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (!closing) return close(signal, graceMs, 0)
+    if (!closing) return close(signal, graceMs)
     log.warn({ signal }, 'second signal during the drain: exiting at once')
     process.exit(1)
   }
@@ -90,6 +99,7 @@ export function exitOnSignalsAndFatalErrors(app: FastifyInstance, log: FastifyBa
   process.on('SIGINT', onSignal)
   process.on('uncaughtException', (err, origin) => {
     log.fatal({ err: safeError(err), origin }, 'uncaught exception: draining, then exiting 1')
-    if (!closing) close('uncaughtException', Math.min(graceMs, FATAL_GRACE_MS), 1)
+    exitCode = 1
+    if (!closing) close('uncaughtException', Math.min(graceMs, FATAL_GRACE_MS))
   })
 }

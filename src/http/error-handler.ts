@@ -43,18 +43,20 @@ function limitOf(error: GatewayError): string | null {
   return header === undefined ? null : header.slice('x-ratelimit-limit-'.length)
 }
 
+const LOAD_REFUSALS: ReadonlySet<string> = new Set(['server_busy', 'server_shutting_down'])
+
 /** After a refusal, what is read of a body still coming before the connection is cut. */
 const LINGER: Linger = { maxBytes: 8 * 1024 * 1024, idleMs: 2000 }
 
 /**
  * Clients read an error only if we stop waiting for the rest of an upload they are still sending:
  * the connection closes after the answer, with a lingering close so that they read it (a body
- * the multipart relay is already draining is left to it).
+ * the multipart relay is already draining keeps the relay's terms).
  */
 function closeIfUnread(request: FastifyRequest, reply: FastifyReply): void {
   if (request.raw.complete) return
   reply.header('connection', 'close')
-  if (request.raw.listenerCount('data') === 0) lingerOnClose(request.raw, LINGER)
+  lingerOnClose(request.raw, LINGER)
 }
 
 /**
@@ -69,10 +71,11 @@ async function errorHandler(app: FastifyInstance): Promise<void> {
     const error = known ?? new GatewayError('internal_error', 'The gateway failed to handle the request.', { cause: err })
     request.gateway.errorCode = error.code
     request.gateway.limit = limitOf(error)
-    // A refusal of our own with no cause behind it (server_busy, server_shutting_down) is load, not
-    // a fault: one warning line with its code, no stack (under overload there is one per request).
-    if (error.status >= 500 && error.cause === undefined) request.log.warn({ code: error.code }, 'request refused')
-    else if (error.status >= 500) request.log.error({ err: safeError(error.cause), code: error.code }, 'request failed')
+    // Refusals for load are no fault: the request's own log line (status, code) is enough, and
+    // under overload an error line with a stack for each would bury the real ones.
+    if (error.status >= 500 && !LOAD_REFUSALS.has(error.code)) {
+      request.log.error({ err: safeError(error.cause ?? error), code: error.code }, 'request failed')
+    }
     if (reply.sent || reply.raw.headersSent || reply.raw.destroyed) return
     closeIfUnread(request, reply)
     reply

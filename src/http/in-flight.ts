@@ -12,19 +12,25 @@ import { clientGone } from '../relay/lifetime.js'
 export function capInFlight(app: FastifyInstance, max: number): void {
   if (max === 0) return
   let inFlight = 0
-  app.addHook('onRequest', async (_request, reply) => {
+  // A callback hook, not an async one: no promise per request on the hot path.
+  app.addHook('onRequest', (_request, reply, done) => {
     if (inFlight >= max) {
-      throw new GatewayError('server_busy', 'The gateway is handling too many image requests right now. Retry shortly.', {
-        headers: { 'retry-after': '1' }
-      })
+      done(
+        new GatewayError('server_busy', 'The gateway is handling too many image requests right now. Retry shortly.', {
+          headers: { 'retry-after': '1' }
+        })
+      )
+      return
     }
     // A client that left before this hook ran (while its key was looked up, say) has had its
     // 'close' already: counting it would hold a slot for good. It is not in flight any more.
-    if (clientGone(reply)) return
-    inFlight += 1
-    // 'close' comes once per answer, whether it finished or the client left.
-    reply.raw.once('close', () => {
-      inFlight -= 1
-    })
+    if (!clientGone(reply)) {
+      inFlight += 1
+      // 'close' comes once per answer, whether it finished or the client left.
+      reply.raw.once('close', () => {
+        inFlight -= 1
+      })
+    }
+    done()
   })
 }

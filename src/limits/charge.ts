@@ -147,7 +147,11 @@ export class Meter {
    * lapses (15 min), a key stuck at 429 (LiteLLM #20256). Settling is idempotent per ticket.
    */
   private release(keyId: string, ticket: string): void {
-    this.settle({ keyId, ticket, usage: RELEASE_ONLY, nowMs: Date.now() }, null)
+    // One attempt, never queued: when the admission did reach Redis, this command follows it on
+    // the same connection and runs after it even if its own answer times out; when it did not, there
+    // is nothing to free. Queued, a flood of refusals during an outage would push real usage out of
+    // the bounded settlement queue.
+    this.options.store.settle(keyId, ticket, RELEASE_ONLY, Date.now()).catch(() => undefined)
   }
 
   /** @internal */

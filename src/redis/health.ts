@@ -32,7 +32,8 @@ export class RedisHealth {
   watch(log: FastifyBaseLogger): void {
     let downSinceMs: number | null = null
     const down = (): void => {
-      if (downSinceMs !== null) return
+      // 'end' follows a close that was asked for (QUIT at shutdown): no outage.
+      if (downSinceMs !== null || this.redis.status === 'end') return
       downSinceMs = Date.now()
       log.warn('redis unreachable: cached keys only, limits counted in this instance, budgeted keys refused (503)')
     }

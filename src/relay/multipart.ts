@@ -71,16 +71,27 @@ export async function relayMultipart(
   reply.raw.once('close', () => relay.dispose())
   const lifetime = clientLifetime(reply)
   relay.onFailure((err) => lifetime.abort(err))
+  // Any refusal from here to the dispatch (unknown or disallowed model, limits, idempotency) stops
+  // the upload the same way: relay.fail reads and drops the rest, so the client reads the refusal.
+  const refused = (err: unknown): never => {
+    if (err instanceof GatewayError) relay.fail(err)
+    throw err
+  }
   await relay.routable
   const requested = readModel(relay.inspector)
   const model = requested ?? defaultModel(endpoint, (name) => relay.inspector.texts.has(name))
   request.gateway.model = model
-  const routed = findModel(context.registry, model)
-  assertModelAllowed(request, model)
-  relay.route(model, routed.rules)
-  const routing = route(context, routed, endpoint)
-  // Before the key's limits are taken: a replay costs none of them. A refused upload is read to
-  // its end (relay.fail), so that the client reads the refusal.
+  const { routed, routing } = (() => {
+    try {
+      const found = findModel(context.registry, model)
+      assertModelAllowed(request, model)
+      relay.route(model, found.rules)
+      return { routed: found, routing: route(context, found, endpoint) }
+    } catch (err) {
+      return refused(err)
+    }
+  })()
+  // Before the key's limits are taken: a replay costs none of them.
   const run = !idempotent
     ? null
     : await context.idempotency
@@ -90,10 +101,7 @@ export async function relayMultipart(
           signal: lifetime.signal,
           form: form === null ? null : formWitness(relay, form, model)
         })
-        .catch((err: unknown) => {
-          if (err instanceof GatewayError) relay.fail(err)
-          throw err
-        })
+        .catch(refused)
   if (run === REPLAYED) return
   // Kept for a second attempt only where there can be one: a model with several deployments.
   if (routing.order.length > 1) relay.keepForReplay(context.routing.replayBodyBytes)
@@ -101,7 +109,7 @@ export async function relayMultipart(
   // closing chunk goes upstream, so a late `n` cannot slip past the key's limits.
   const charge = await admit(context, request, model, routing.order[0], endpoint, relay.inspector).catch((err: unknown) => {
     run?.failed()
-    throw err
+    return refused(err)
   })
   const key = request.apiKey
   if (charge !== null && key !== null && !relay.inspector.formEnded) {

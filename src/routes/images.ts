@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../errors/catalogue.js'
 import { invalidJson } from '../http/error-handler.js'
 import { capInFlight } from '../http/in-flight.js'
@@ -52,12 +52,17 @@ function nestedDeeperThan(value: object, limit: number): boolean {
  * Bodies are relayed as sent and never decoded, so a compressed one could be neither checked nor
  * relayed (its Content-Encoding is not forwarded): refused before a byte is read (RFC 9110 §15.5.16).
  */
-function refuseContentEncoding(request: FastifyRequest): void {
-  const coding = (request.headers['content-encoding'] ?? '').trim().toLowerCase()
-  if (coding === '' || coding === 'identity') return
-  throw new GatewayError('unsupported_content_encoding', 'Compressed request bodies are not supported: send the body without Content-Encoding.', {
-    headers: { 'accept-encoding': 'identity' }
-  })
+function refuseContentEncoding(request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void {
+  const coding = request.headers['content-encoding']
+  if (coding === undefined || ['', 'identity'].includes(coding.trim().toLowerCase())) {
+    done()
+    return
+  }
+  done(
+    new GatewayError('unsupported_content_encoding', 'Compressed request bodies are not supported: send the body without Content-Encoding.', {
+      headers: { 'accept-encoding': 'identity' }
+    })
+  )
 }
 
 /**
@@ -69,7 +74,7 @@ export default async function imageRoutes(app: FastifyInstance, options: ImageRo
   const { relay } = options
   const { limits } = relay
   // After authentication (a global onRequest hook), before the in-flight cap and the key's limits.
-  app.addHook('onRequest', async (request) => refuseContentEncoding(request))
+  app.addHook('onRequest', refuseContentEncoding)
   capInFlight(app, options.maxInFlight)
   await requestsPerMinute(app, options.shared)
   app.removeAllContentTypeParsers()

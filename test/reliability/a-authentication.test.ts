@@ -224,6 +224,10 @@ t.test('#2 a flood of random wrong keys cannot push a known key out of the cache
   // The key cache holds 10,000 entries (src/app.ts). Unknown digests filling it must not evict
   // found keys: those are what keeps callers served through a Redis outage (keys.staleMs).
   const { upstream, gateway, redis } = await startRedisStack(t, { behaviour: json(200, OK) })
+  if (redis.external) {
+    t.skip('freezes Redis: needs a redis-server of its own (REDIS_URL is set)')
+    return
+  }
   const pool = new Pool(gateway.url, { connections: 16 })
   t.teardown(() => pool.close())
   const status = async (key: string): Promise<number> => {
@@ -364,7 +368,7 @@ t.test('#4 a key asks for a model only another tenant may use: 403 model_not_all
   })
 })
 
-t.test('#5 a disallowed model named after a 20 MB image: 403, the upstream gets nothing, and the rest of the upload is not read', async (t) => {
+t.test('#5 a disallowed model named after a 20 MB image: 403 read by the client, the upstream gets nothing, the rest of the upload dropped unrelayed', async (t) => {
   const { upstream, gateway } = await startStack(t, { behaviour: json(200, OK) })
   const spoolBaseline = spoolFiles()
   const { key, record } = await gateway.store.create({ name: 'gpt only', models: ['gpt-image-1'] })
@@ -391,10 +395,10 @@ t.test('#5 a disallowed model named after a 20 MB image: 403, the upstream gets 
     `paced upload: answer ${paced.status} after ${(paced.flushedAtAnswer / MB).toFixed(1)} MB; ${(paced.flushedTotal / MB).toFixed(1)} of ` +
       `${(paced.bodyBytes / MB).toFixed(1)} MB ever left the client; the connection ended by ${paced.ending}`
   )
-  if (paced.status !== 0) assertError(t, { status: paced.status, body: paced.body }, 403, 'model_not_allowed')
-  else t.comment('the connection was reset before the answer could be read (see the report: no lingering close)')
-  t.ok(paced.closed, 'the gateway closed the connection')
-  t.ok(paced.flushedTotal < paced.bodyBytes - 12 * MB, 'at least half of the 24 MB after the model field was never taken from the client')
+  // A lingering close: the rest is read and dropped (never relayed), so the client reads the 403
+  // instead of a reset that an SDK would answer by sending the whole upload again.
+  assertError(t, { status: paced.status, body: paced.body }, 403, 'model_not_allowed')
+  t.ok(paced.closed || paced.ending.startsWith('end'), `the gateway ended the connection (${paced.ending})`)
   const line = await eventually(() => gateway.logs().some((l) => l.msg === 'request' && l.keyId === record.id))
   t.ok(line, 'the request was logged')
   const logged = gateway.logs().find((l) => l.msg === 'request' && l.keyId === record.id)
@@ -402,7 +406,8 @@ t.test('#5 a disallowed model named after a 20 MB image: 403, the upstream gets 
   const bytesIn = Number(logged?.bytesIn)
   t.ok(bytesIn >= modelAt && bytesIn < modelAt + 2 * MB, `the gateway read ${(bytesIn / MB).toFixed(2)} MB: up to the model field, not the rest`)
   const rssMb = rssAfterGcMb()
-  t.ok(rssMb <= rssBaselineMb + 32, `RSS after GC ${rssMb.toFixed(0)} MB within 32 MB of ${rssBaselineMb.toFixed(0)} MB: the held 20 MB went to a temporary file`)
+  // 64 MB of slack: the 24 MB read and dropped after the answer passes through this process's buffers too.
+  t.ok(rssMb <= rssBaselineMb + 64, `RSS after GC ${rssMb.toFixed(0)} MB within 64 MB of ${rssBaselineMb.toFixed(0)} MB: the held 20 MB went to a temporary file`)
 
   // The same upload from Node's HTTP client: the client reads the 403.
   const answer = await sendRaw(`${gateway.url}/v1/images/edits`, {
