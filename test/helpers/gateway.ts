@@ -25,7 +25,7 @@ export interface Gateway {
   url: string
   /** The base URL for an OpenAI SDK client. */
   baseURL: string
-  /** Every log line written so far, raw, and parsed. */
+  /** The log lines kept (every one written so far, unless `keepLogLines`), raw, and parsed. */
   logText(): string
   logs(): LogLine[]
   close(): Promise<void>
@@ -52,6 +52,10 @@ export interface GatewayOptions {
   providerExtra?: Record<string, unknown>
   /** Extra config sections, as in the YAML file (e.g. `prices`). */
   extra?: Record<string, unknown>
+  /** Keep only the last this many log lines (a run of minutes would otherwise grow the heap with its log); all by default. */
+  keepLogLines?: number
+  /** Called with each log line, raw, as it is written (kept or not). */
+  onLogLine?: (line: string) => void
 }
 
 const ALL_MODELS = ['dall-e-2', 'dall-e-3', 'gpt-image-1', 'gpt-image-1-mini', 'gpt-image-1.5', 'gpt-image-2']
@@ -81,7 +85,12 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const lines: string[] = []
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {
-      lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''))
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line === '') continue
+        options.onLogLine?.(line)
+        lines.push(line)
+        if (options.keepLogLines !== undefined && lines.length > options.keepLogLines) lines.shift()
+      }
       callback()
     }
   })

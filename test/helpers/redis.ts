@@ -7,12 +7,24 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 
+export type RespValue = string | number | null | Error | RespValue[]
+
+export interface RedisOptions {
+  /**
+   * Append-only persistence, fsynced on every write, as a deployment's Redis has (docker-compose.yml):
+   * after stop() or a kill() (kill -9), start() and restart() bring the data back.
+   */
+  persistent?: boolean
+  /** Allows DEBUG (e.g. DEBUG SLEEP, which freezes the server from inside) from loopback clients; Redis 7 refuses it otherwise. */
+  debugCommand?: boolean
+}
+
 export interface TestRedis {
   url: string
   port: number
   /** Unique per startRedis() call: stores under test use it so that tests never see each other's keys. */
   prefix: string
-  /** True when REDIS_URL named a server this helper does not own: stop, kill, freeze and restart throw. */
+  /** True when REDIS_URL named a server this helper does not own: stop, kill, freeze, start, restart and command throw. */
   external: boolean
   /** SIGTERM, then waits for the process to exit. */
   stop(): Promise<void>
@@ -21,8 +33,15 @@ export interface TestRedis {
   /** SIGSTOP: the socket stays open and nothing answers, the case only a client-side deadline ends. */
   freeze(): void
   thaw(): void
-  /** A fresh process on the same port (its data is gone); resolves once it answers PING. */
+  /** After stop() or kill(): a new process on the same port and directory; resolves once it answers PING. */
+  start(): Promise<void>
+  /** kill(), then start(): its data is gone, unless the server is `persistent`. */
   restart(): Promise<void>
+  /**
+   * One command on a fresh connection; undefined when no (complete) answer came within `timeoutMs`
+   * (as while the server is frozen). Nothing waits for it unless the caller does.
+   */
+  command(args: (string | number)[], timeoutMs?: number): Promise<RespValue | undefined>
   /** Kills the process and removes its directory (or, with REDIS_URL, deletes the prefix's keys). Safe to call twice. */
   close(): Promise<void>
 }
@@ -30,6 +49,10 @@ export interface TestRedis {
 const INSTALL_HINT =
   'redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install redis-server`), ' +
   'or set REDIS_URL=redis://host:port to run these tests against an existing Redis.'
+
+const OWN_SERVER_INSTALL_HINT =
+  'redis-server was not found on PATH. Install it (Debian/Ubuntu: `apt-get install redis-server`). ' +
+  'REDIS_URL cannot stand in: a Redis with persistence or DEBUG is one that the tests start themselves.'
 
 const START_TIMEOUT_MS = 10_000
 
@@ -68,37 +91,18 @@ async function freePort(): Promise<number> {
   })
 }
 
-/** One raw PING, so that waiting for the server needs no client with its own reconnect logic. */
-function pingOnce(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ port, host: '127.0.0.1' })
-    let reply = ''
-    const finish = (ok: boolean): void => {
-      socket.destroy()
-      resolve(ok)
-    }
-    socket.setTimeout(500, () => finish(false))
-    socket.once('error', () => finish(false))
-    socket.on('data', (chunk: Buffer) => {
-      reply += chunk.toString('latin1')
-      if (reply.includes('\r\n')) finish(reply.startsWith('+PONG'))
-    })
-    socket.once('connect', () => socket.write('PING\r\n'))
-  })
-}
-
 function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
   return new Promise((resolve) => child.once('exit', () => resolve()))
 }
 
-async function spawnServer(port: number, directory: string): Promise<ChildProcess> {
-  return spawnRedis(
-    ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', directory, '--loglevel', 'warning'],
-    port,
-    'redis-server',
-    INSTALL_HINT
-  )
+/** A redis-server's arguments: loopback only, no RDB snapshots, append-only file and DEBUG as `options` say. */
+function serverArgs(port: number, directory: string, options: RedisOptions = {}): string[] {
+  return [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', directory, '--loglevel', 'warning', '--save', '',
+    ...(options.persistent === true ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']),
+    ...(options.debugCommand === true ? ['--enable-debug-command', 'local'] : [])
+  ]
 }
 
 /** Starts `redis-server args…` and resolves once it answers PING on `port` (a sentinel answers PING too). */
@@ -126,7 +130,8 @@ async function spawnRedis(args: string[], port: number, what: string, installHin
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`${what} exited while starting on port ${port}: ${output.trim()}`)
       }
-      if (await pingOnce(port)) return
+      // A raw PING, so that waiting for the server needs no client with its own reconnect logic.
+      if ((await commandOnce(port, ['PING'])) === 'PONG') return
       await sleep(25)
     }
     throw new Error(`${what} did not answer PING on port ${port} within ${START_TIMEOUT_MS} ms: ${output.trim()}`)
@@ -156,7 +161,9 @@ function externalRedis(url: string): TestRedis {
     kill: async () => unsupported('kill')(),
     freeze: unsupported('freeze'),
     thaw: unsupported('thaw'),
+    start: async () => unsupported('start')(),
     restart: async () => unsupported('restart')(),
+    command: async () => unsupported('command')(),
     async close() {
       if (closed) return
       closed = true
@@ -178,11 +185,14 @@ function externalRedis(url: string): TestRedis {
 
 /**
  * A Redis for one test file: REDIS_URL when set (shared, isolated by `prefix`), otherwise a
- * private redis-server on a free loopback port with persistence off.
+ * private redis-server on a free loopback port, with persistence off unless `persistent`. With
+ * `persistent` or `debugCommand` the server is always a private one, REDIS_URL or not: a server
+ * named by a URL may have neither, and the cases that need them stop and freeze it.
  */
-export async function startRedis(): Promise<TestRedis> {
+export async function startRedis(options: RedisOptions = {}): Promise<TestRedis> {
   const fromEnv = process.env.REDIS_URL
-  if (fromEnv !== undefined && fromEnv !== '') return externalRedis(fromEnv)
+  const ownServer = options.persistent === true || options.debugCommand === true
+  if (fromEnv !== undefined && fromEnv !== '' && !ownServer) return externalRedis(fromEnv)
 
   const port = await freePort()
   const directory = mkdtempSync(join(tmpdir(), 'igw-redis-'))
@@ -191,9 +201,11 @@ export async function startRedis(): Promise<TestRedis> {
     rmSync(directory, { recursive: true, force: true })
     directories.delete(directory)
   }
+  const spawnServer = (): Promise<ChildProcess> =>
+    spawnRedis(serverArgs(port, directory, options), port, 'redis-server', ownServer ? OWN_SERVER_INSTALL_HINT : INSTALL_HINT)
   let child: ChildProcess
   try {
-    child = await spawnServer(port, directory)
+    child = await spawnServer()
   } catch (error) {
     removeDirectory()
     throw error
@@ -205,6 +217,11 @@ export async function startRedis(): Promise<TestRedis> {
     if (name === 'SIGTERM') child.kill('SIGCONT')
     child.kill(name)
     await exited(child)
+  }
+  const start = async (): Promise<void> => {
+    if (closed) throw new Error('start after close')
+    if (child.exitCode === null && child.signalCode === null) throw new Error('redis-server is already running')
+    child = await spawnServer()
   }
 
   return {
@@ -220,11 +237,13 @@ export async function startRedis(): Promise<TestRedis> {
     thaw() {
       child.kill('SIGCONT')
     },
+    start,
     async restart() {
       if (closed) throw new Error('restart after close')
       await signal('SIGKILL')
-      child = await spawnServer(port, directory)
+      await start()
     },
+    command: (args, timeoutMs = 1_000) => commandOnce(port, args, timeoutMs),
     async close() {
       if (closed) return
       closed = true
@@ -300,8 +319,6 @@ async function freshPort(bus = false): Promise<number> {
   throw new Error(`no free loopback port${bus ? ' with a free cluster bus port (+10000)' : ''} after 200 tries`)
 }
 
-type RespValue = string | number | null | Error | RespValue[]
-
 /** Parses one RESP2 reply at `offset`; undefined while the reply is still incomplete. */
 function parseResp(buffer: Buffer, offset: number): { value: RespValue; next: number } | undefined {
   const lineEnd = buffer.indexOf('\r\n', offset, 'latin1')
@@ -341,7 +358,7 @@ function parseResp(buffer: Buffer, offset: number): { value: RespValue; next: nu
 }
 
 /** One raw command on a fresh socket: undefined when nothing (complete) answers within `timeoutMs`. */
-function commandOnce(port: number, args: string[], timeoutMs = 500): Promise<RespValue | undefined> {
+function commandOnce(port: number, args: (string | number)[], timeoutMs = 500): Promise<RespValue | undefined> {
   return new Promise((resolve) => {
     const socket = connect({ port, host: '127.0.0.1' })
     let received = Buffer.alloc(0)
@@ -361,7 +378,7 @@ function commandOnce(port: number, args: string[], timeoutMs = 500): Promise<Res
       }
     })
     socket.once('connect', () => {
-      const encoded = args.map((arg) => `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`).join('')
+      const encoded = args.map(String).map((arg) => `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`).join('')
       socket.write(`*${args.length}\r\n${encoded}`)
     })
   })
@@ -416,10 +433,6 @@ class Topology {
   }
 }
 
-function persistenceOff(port: number, directory: string): string[] {
-  return ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', directory, '--loglevel', 'warning']
-}
-
 /**
  * A master redis-server and one sentinel monitoring it (quorum 1), each on a free loopback port.
  * Resolves once the sentinel names the master in SENTINEL get-master-addr-by-name.
@@ -429,7 +442,7 @@ export async function startRedisSentinel(): Promise<TestSentinel> {
   const name = `igw-${randomBytes(4).toString('hex')}`
   return topology.starting(async () => {
     const masterPort = await freshPort()
-    topology.add(await spawnRedis(persistenceOff(masterPort, topology.directory), masterPort, 'redis-server (sentinel master)', TOPOLOGY_INSTALL_HINT))
+    topology.add(await spawnRedis(serverArgs(masterPort, topology.directory), masterPort, 'redis-server (sentinel master)', TOPOLOGY_INSTALL_HINT))
 
     const sentinelPort = await freshPort()
     // The sentinel rewrites its configuration file, so it must be one of ours in a writable directory.
@@ -522,7 +535,7 @@ export async function startRedisCluster(): Promise<TestCluster> {
       ports.map((port) =>
         spawnRedis(
           [
-            ...persistenceOff(port, topology.directory),
+            ...serverArgs(port, topology.directory),
             '--cluster-enabled',
             'yes',
             '--cluster-config-file',

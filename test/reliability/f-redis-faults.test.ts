@@ -2,8 +2,9 @@ import t, { type Test } from 'tap'
 import { json, startFakeUpstream, type Behaviour, type FakeUpstream } from '../helpers/fake-upstream.js'
 import { PROVIDER_KEY, eventually, startGateway, type Gateway, type GatewayOptions } from '../helpers/gateway.js'
 import { sendRaw } from '../helpers/http-client.js'
+import { startRedis, type TestRedis } from '../helpers/redis.js'
 import { assertNothingLeaked, envelopeProblems, portOf, rssAfterGcMb } from './harness/invariants.js'
-import { maxLatency, paced, startPersistentRedis, steadyTraffic, tally, type PersistentRedis, type Shot, type ShotSpec } from './harness/f-redis.js'
+import { maxLatency, paced, steadyTraffic, tally, type Shot, type ShotSpec } from './harness/f-redis.js'
 
 /*
  * Reliability plan section 5, group F: the key and limit store (Redis) fails under traffic.
@@ -21,13 +22,13 @@ const GENERATE = { model: 'dall-e-3', prompt: 'a lighthouse', quality: 'hd', siz
 const IMAGE_COST_MICRO_USD = 80_000
 
 interface RedisCase {
-  redis: PersistentRedis
+  redis: TestRedis
   upstream: FakeUpstream
   gateway: Gateway
 }
 
 async function redisCase(t: Test, options: { behaviour?: Behaviour; gateway?: Partial<GatewayOptions> } = {}): Promise<RedisCase> {
-  const redis = await startPersistentRedis()
+  const redis = await startRedis({ persistent: true, debugCommand: true })
   const upstream = await startFakeUpstream(options.behaviour ?? json(200, OK))
   const gateway = await startGateway({
     providers: { up: upstream.baseUrl },

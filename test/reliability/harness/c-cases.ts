@@ -8,14 +8,13 @@ import {
   eventuallyAsync,
   peakRssMb,
   resetPeakRss,
-  sampleRss,
   sawClosingDelimiter,
   settledRssMb,
   streamedForm,
   uploadMany,
   UpstreamWatch
 } from './c-uploads.js'
-import { assertNothingLeaked, envelopeProblems, noSlotsOrReservations, portOf, rssAfterGcMb, spoolFiles } from './invariants.js'
+import { assertNothingLeaked, envelopeProblems, noSlotsOrReservations, portOf, rssAfterGcMb, rssSampler, spoolFiles } from './invariants.js'
 
 /*
  * Cases 21 and 23 of reliability.md section 5, shared by the quick versions in
@@ -183,7 +182,7 @@ export async function crowdOfUploads(t: Test, options: CrowdOptions): Promise<vo
     const before = arrived
     const allArrived = eventually(() => arrived - before >= options.count, 30_000).then(() => undefined)
     const exact = resetPeakRss()
-    const sampler = sampleRss()
+    const sampler = rssSampler()
     const started = Date.now()
     const outcomes = await uploadMany(url, gateway.key, form, options.count, allArrived)
     const elapsed = Date.now() - started

@@ -5,6 +5,7 @@ import type { Behaviour, Received } from '../../helpers/fake-upstream.js'
 import type { Gateway } from '../../helpers/gateway.js'
 import { makePng } from '../../helpers/images.js'
 import { rssAfterGcMb } from './invariants.js'
+import { parseResponse } from './raw-socket.js'
 
 /*
  * Tools for the body-size and upload-lifecycle cases (reliability.md section 5, group C): uploads
@@ -223,14 +224,7 @@ function parseAnswer(bytes: Buffer): { status: number; headers: Record<string, s
   let text = bytes.toString('utf8')
   // A 100 Continue comes before the real answer.
   while (/^HTTP\/1\.1 100 /.test(text)) text = text.slice(text.indexOf('\r\n\r\n') + 4)
-  const end = text.indexOf('\r\n\r\n')
-  const head = end === -1 ? text : text.slice(0, end)
-  const headers: Record<string, string> = {}
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':')
-    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim()
-  }
-  return { status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? 0), headers, body: end === -1 ? '' : text.slice(end + 4) }
+  return parseResponse(text)
 }
 
 /** The gateway's side of every connection accepted from now on, to count what it read. */
@@ -262,20 +256,6 @@ export function resetPeakRss(): boolean {
 export function peakRssMb(): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))
   return match === null ? Number.NaN : Number(match[1]) / 1024
-}
-
-/** Samples RSS every `everyMs` until stopped: a fallback and a cross-check for VmHWM. */
-export function sampleRss(everyMs = 20): { stop(): number } {
-  let peak = process.memoryUsage().rss
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss)
-  }, everyMs)
-  return {
-    stop() {
-      clearInterval(timer)
-      return Math.max(peak, process.memoryUsage().rss) / MiB
-    }
-  }
 }
 
 /** Polls an asynchronous check until it holds or the time is up. */

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { gzipSync } from 'node:zlib'
@@ -97,21 +96,6 @@ export function readThrough(url: string, headers: Record<string, string>, body: 
   })
 }
 
-/** Samples this process's RSS every `everyMs` until stopped; the peak in MiB. */
-export function rssSampler(everyMs = 20): { stop(): number } {
-  let peak = process.memoryUsage().rss
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss)
-  }, everyMs)
-  return {
-    stop() {
-      clearInterval(timer)
-      peak = Math.max(peak, process.memoryUsage().rss)
-      return peak / 1024 / 1024
-    }
-  }
-}
-
 /**
  * `members` gzip members of `memberBytes` zeros each, one after the other: a valid gzip stream
  * (RFC 1952 section 2.2 allows several members) that inflates to members × memberBytes. 160
@@ -125,27 +109,6 @@ export function gzipBomb(members: number, memberBytes = 64 * 1024 * 1024): Buffe
 /** A 200 JSON answer whose bytes are `body` as given, labelled with `encoding`. */
 export function encodedAnswer(body: Buffer, encoding: string): Behaviour {
   return rawAnswer(200, 'application/json', body, { 'content-encoding': encoding })
-}
-
-const TCP_ESTABLISHED = '01'
-
-/** Sockets of this process's tables that are ESTABLISHED towards `remotePort` (the connecting side). */
-export function establishedTo(remotePort: number): number {
-  let count = 0
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text: string
-    try {
-      text = readFileSync(table, 'utf8')
-    } catch {
-      continue
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/)
-      if (fields.length < 4 || fields[3] !== TCP_ESTABLISHED) continue
-      if (parseInt((fields[2] ?? '').split(':')[1] ?? '', 16) === remotePort) count += 1
-    }
-  }
-  return count
 }
 
 /** Milliseconds of CPU (user + system) this process used while `run` ran. */

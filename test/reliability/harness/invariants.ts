@@ -23,10 +23,29 @@ export function rssAfterGcMb(): number {
   return process.memoryUsage().rss / 1024 / 1024
 }
 
-const TCP_CLOSE_WAIT = '08'
+/** Samples this process's RSS every `everyMs` until stopped; the peak in MiB. */
+export function rssSampler(everyMs = 20): { stop(): number } {
+  let peak = process.memoryUsage().rss
+  const timer = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss)
+  }, everyMs)
+  return {
+    stop() {
+      clearInterval(timer)
+      return Math.max(peak, process.memoryUsage().rss) / 1024 / 1024
+    }
+  }
+}
 
-/** Sockets in CLOSE_WAIT (the peer closed, we never did) whose local or remote port is one of `ports`. */
-export function closeWaitSockets(ports: number[]): number {
+/** The states tcpSockets tells apart, as /proc/net/tcp writes them (include/net/tcp_states.h). */
+const TCP_STATES = { ESTABLISHED: '01', CLOSE_WAIT: '08' } as const
+
+/**
+ * Sockets in `state` (in /proc/net/tcp and tcp6) whose local or remote port is one of `ports`, or
+ * with `side: 'remote'` whose remote port is (the connecting side only, not the accepted one).
+ * CLOSE_WAIT: the peer closed, we never did.
+ */
+export function tcpSockets(state: keyof typeof TCP_STATES, ports: number[], side: 'either' | 'remote' = 'either'): number {
   const wanted = new Set(ports)
   let count = 0
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
@@ -38,10 +57,10 @@ export function closeWaitSockets(ports: number[]): number {
     }
     for (const line of text.split('\n').slice(1)) {
       const fields = line.trim().split(/\s+/)
-      if (fields.length < 4 || fields[3] !== TCP_CLOSE_WAIT) continue
+      if (fields.length < 4 || fields[3] !== TCP_STATES[state]) continue
       const local = parseInt((fields[1] ?? '').split(':')[1] ?? '', 16)
       const remote = parseInt((fields[2] ?? '').split(':')[1] ?? '', 16)
-      if (wanted.has(local) || wanted.has(remote)) count += 1
+      if (wanted.has(remote) || (side === 'either' && wanted.has(local))) count += 1
     }
   }
   return count
@@ -164,8 +183,8 @@ export async function assertNothingLeaked(t: Test, after: AfterCase): Promise<vo
   const slots = await noSlotsOrReservations(after.gateway)
   t.same(slots.held, [], 'no concurrency slot or budget reservation held')
   const deadline = Date.now() + 3000
-  while (closeWaitSockets(after.ports) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
-  t.equal(closeWaitSockets(after.ports), 0, 'no socket in CLOSE_WAIT')
+  while (tcpSockets('CLOSE_WAIT', after.ports) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(tcpSockets('CLOSE_WAIT', after.ports), 0, 'no socket in CLOSE_WAIT')
   const spoolDeadline = Date.now() + 3000
   const spoolBaseline = after.spoolBaseline ?? 0
   while (spoolFiles() > spoolBaseline && Date.now() < spoolDeadline) await new Promise((resolve) => setTimeout(resolve, 50))

@@ -49,6 +49,19 @@ export async function rawExchange(port: number, options: RawOptions): Promise<Ra
   await Promise.race([closedPromise, new Promise((resolve) => setTimeout(resolve, options.waitMs ?? 2000))])
   socket.destroy()
   const text = Buffer.concat(chunks).toString('latin1')
+  return {
+    ...parseResponse(text),
+    text,
+    closed,
+    firstByteMs: (firstByteAt === 0 ? Date.now() : firstByteAt) - start
+  }
+}
+
+/**
+ * The first HTTP/1.x response in `text`: its status (0 if none), its headers (names in lower
+ * case), and what follows its header block ('' while that block is incomplete).
+ */
+export function parseResponse(text: string): { status: number; headers: Record<string, string>; body: string } {
   const headerEnd = text.indexOf('\r\n\r\n')
   const head = headerEnd === -1 ? text : text.slice(0, headerEnd)
   const headers: Record<string, string> = {}
@@ -56,12 +69,5 @@ export async function rawExchange(port: number, options: RawOptions): Promise<Ra
     const colon = line.indexOf(':')
     if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim()
   }
-  return {
-    status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? 0),
-    text,
-    headers,
-    body: headerEnd === -1 ? '' : text.slice(headerEnd + 4),
-    closed,
-    firstByteMs: (firstByteAt === 0 ? Date.now() : firstByteAt) - start
-  }
+  return { status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? 0), headers, body: headerEnd === -1 ? '' : text.slice(headerEnd + 4) }
 }
