@@ -275,10 +275,13 @@ export class RedisKeyStore implements KeyStore {
   private readonly listeners: ((keyId: string) => void)[] = []
   private closed = false
   private readonly onMessage = (channel: string, message: string): void => {
-    if (channel !== this.channel) return
+    if (channel === this.channel) this.notify(message)
+  }
+
+  private notify(keyId: string): void {
     for (const listener of this.listeners) {
       try {
-        listener(message)
+        listener(keyId)
       } catch {
         // A listener that throws must not stop the others, nor break the subscriber connection.
       }
@@ -383,9 +386,13 @@ export class RedisKeyStore implements KeyStore {
   }
 
   private async patch(id: string, mode: 'update' | 'revoke', args: string[]): Promise<KeyRecord | null> {
-    return this.run(async () =>
+    const record = await this.run(async () =>
       decodeRecord(pairsToHash(await this.script('igwPatch', [this.recordKey(id), this.channel, id, mode, ...args])))
     )
+    // This instance drops its copy now, not when its own published notice comes back: Redis could
+    // go away in between, and the stale copy would then be served through the outage.
+    if (record !== null) this.notify(id)
+    return record
   }
 
   async admit(a: Admission): Promise<AdmitResult> {
