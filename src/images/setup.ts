@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { Cluster } from 'ioredis'
 import type { Config } from '../config/schema.js'
 import type { SharedCounters } from '../keys/backend.js'
-import type { RedisClient } from '../redis/client.js'
+import { secondConnection, type RedisClient } from '../redis/client.js'
 import { DirectoryImageStore } from './directory-store.js'
 import { ImageHosting } from './hosting.js'
 import { LinkSigner } from './links.js'
@@ -35,13 +34,7 @@ const IMAGE_COMMAND_TIMEOUT_MS = 10_000
  * SET would hold up (and time out) the small key and limit commands queued behind it.
  */
 function imageClient(redis: RedisClient): RedisClient {
-  const client =
-    redis instanceof Cluster
-      ? redis.duplicate(undefined, { redisOptions: { ...redis.options.redisOptions, commandTimeout: IMAGE_COMMAND_TIMEOUT_MS } })
-      : redis.duplicate({ commandTimeout: IMAGE_COMMAND_TIMEOUT_MS, connectionName: 'igw-images' })
-  // Failures reach callers as rejected commands (see createRedis).
-  client.on('error', () => {})
-  return client
+  return secondConnection(redis, IMAGE_COMMAND_TIMEOUT_MS, 'igw-images')
 }
 
 /**

@@ -1,4 +1,5 @@
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { Cluster, type ClusterOptions, type Redis, type RedisOptions } from 'ioredis'
+import { DeadlineCluster, DeadlineRedis } from './command-deadline.js'
 
 export type RedisRole = 'commands' | 'subscriber'
 
@@ -16,7 +17,10 @@ export type RedisTarget =
 /** A client of any of the three; their command methods are the same. */
 export type RedisClient = Redis | Cluster
 
-/** A frozen Redis keeps its socket open, so only a client-side deadline ends a command. */
+/**
+ * A frozen Redis keeps its socket open, so only a client-side deadline ends a command. It does not
+ * count time the event loop was held (command-deadline.ts).
+ */
 const COMMAND_TIMEOUT_MS = 300
 const CONNECT_TIMEOUT_MS = 1_000
 const MAX_RECONNECT_DELAY_MS = 2_000
@@ -65,9 +69,9 @@ export function createRedis(
   let client: RedisClient
   if ('url' in where) {
     if (!/^rediss?:\/\//i.test(where.url)) throw new TypeError('a Redis URL starts with redis:// or rediss://')
-    client = new Redis(where.url, role)
+    client = new DeadlineRedis(role, where.url)
   } else if ('sentinels' in where) {
-    client = new Redis({
+    client = new DeadlineRedis({
       ...role,
       sentinels: where.sentinels,
       name: where.sentinelName,
@@ -89,10 +93,24 @@ export function createRedis(
       enableOfflineQueue: enableOfflineQueue ?? false,
       redisOptions: { ...nodeOptions, ...auth }
     }
-    client = new Cluster(where.cluster, cluster)
+    client = new DeadlineCluster(where.cluster, cluster)
   }
   // Failures reach callers as rejected commands; without a listener ioredis prints every
   // reconnect error to stderr, once per attempt, for as long as Redis is down.
+  client.on('error', () => {})
+  return client
+}
+
+/**
+ * A second connection like `redis` (same server or cluster, same credentials) whose commands get
+ * `deadlineMs` instead of the commands connection's 300 ms, with its own failures silenced.
+ */
+export function secondConnection(redis: RedisClient, deadlineMs: number, connectionName: string): RedisClient {
+  let client: RedisClient
+  if (redis instanceof DeadlineRedis || redis instanceof DeadlineCluster) client = redis.withDeadline(deadlineMs, connectionName)
+  // A client made elsewhere (not by createRedis): ioredis's own deadline.
+  else if (redis instanceof Cluster) client = redis.duplicate(undefined, { redisOptions: { commandTimeout: deadlineMs, connectionName } })
+  else client = redis.duplicate({ commandTimeout: deadlineMs, connectionName })
   client.on('error', () => {})
   return client
 }

@@ -171,12 +171,8 @@ t.test('createRedis takes only redis:// and rediss:// URLs', async (t) => {
   t.throws(() => createRedis('http://127.0.0.1:6379'), TypeError)
   const tls = createRedis('rediss://127.0.0.1:1', { role: 'commands' }) as Redis
   t.ok(tls.options.tls, 'rediss:// turns TLS on')
-  t.equal(tls.options.commandTimeout, 300)
   t.equal(tls.options.enableOfflineQueue, false)
   tls.disconnect()
-  const sub = createRedis('redis://127.0.0.1:1', { role: 'subscriber' }) as Redis
-  t.equal(sub.options.commandTimeout, undefined, 'a subscriber has no command deadline')
-  sub.disconnect()
 })
 
 t.test('faults: frozen, killed, restarted', ownServer, async (t) => {

@@ -1,4 +1,5 @@
 import { Agent, ClientRequest, IncomingMessage, ServerResponse } from 'node:http'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { queryObjects } from 'node:v8'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -328,6 +329,10 @@ t.test(`#46 soak for ${SOAK_SECONDS} s: successes, client aborts and upstream er
   }
 
   const spoolBaseline = spoolFiles()
+  // The heap figures below hold the event loop for full GCs while requests are in flight: replies
+  // from Redis that arrive meanwhile must still be taken, not refused as late (command-deadline.ts).
+  const stalls = monitorEventLoopDelay({ resolution: 10 })
+  stalls.enable()
   // Counted, not kept: a run of minutes must not fill the heap with its own records.
   const outcomes = new Map<string, number>()
   let total = 0
@@ -369,8 +374,10 @@ t.test(`#46 soak for ${SOAK_SECONDS} s: successes, client aborts and upstream er
   forgetSettled(upstream.received, over)
   heap.push(heapMb())
 
+  stalls.disable()
   const summary = [...outcomes].sort().map(([what, count]) => `${what}: ${count}`)
   t.comment(`${total} requests (mode status: count): ${summary.join(', ')}`)
+  t.comment(`longest event-loop stall ${(stalls.max / 1e6).toFixed(0)} ms`)
   t.ok(total >= SOAK_SECONDS * 20, `a real load (${total} requests in ${SOAK_SECONDS} s)`)
   t.same(unexpected, [], 'every answer as expected for its mode, each error in the OpenAI envelope')
   t.same(shown, [], 'no secret in any answer')
