@@ -4,7 +4,7 @@ import { rulesFor, type Endpoint, type ModelRules } from '../openai/models.js'
 import { azureAdapter } from './azure.js'
 import { openaiAdapter } from './openai.js'
 import { sandboxAdapter } from './sandbox.js'
-import { startSandbox, type SandboxServer } from '../sandbox/server.js'
+import type { SandboxServer } from '../sandbox/server.js'
 import type { ProviderAdapter, UpstreamTarget } from './types.js'
 
 const ADAPTERS: ReadonlyMap<string, ProviderAdapter> = new Map(
@@ -88,6 +88,9 @@ export class Registry {
           providers.push(provider)
           continue
         }
+        // Loaded only when configured: the sandbox brings sharp (libvips) and a second fastify,
+        // about 10 MB of RSS a gateway in front of real providers does not need.
+        const { startSandbox } = await import('../sandbox/server.js')
         const sandbox = await startSandbox()
         sandboxes.push(sandbox)
         providers.push({ ...provider, baseUrl: `${sandbox.origin}/v1` })
