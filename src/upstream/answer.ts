@@ -1,4 +1,4 @@
-import { PassThrough, Readable, Transform, pipeline } from 'node:stream'
+import { PassThrough, Readable, Transform } from 'node:stream'
 import type { FastifyReply } from 'fastify'
 import type { Dispatcher } from 'undici'
 import { MAX_UPSTREAM_ERROR_BODY_BYTES } from '../config/defaults.js'
@@ -238,10 +238,30 @@ function metered(source: Readable, streaming: boolean, reply: FastifyReply, char
       callback()
     }
   })
-  // pipeline: an error or a destroy on either side tears down both (and so the upstream request).
-  pipeline(source, tapping, (err) => {
-    if (err) copy?.abort(clientGone(reply) ? 'client_left' : 'upstream_failed')
+  // An error or a destroy on either side tears down both (and so the upstream request). Wired by
+  // hand: stream.pipeline makes an AbortController and aborts it, a DOMException with its stack,
+  // on every call, a measurable share of a small request's CPU (docs/performance.md).
+  let broken = false
+  const breakOff = (): void => {
+    if (broken) return
+    broken = true
+    copy?.abort(clientGone(reply) ? 'client_left' : 'upstream_failed')
+  }
+  source.once('error', (err) => {
+    breakOff()
+    tapping.destroy(err)
   })
+  source.once('close', () => {
+    if (source.readableEnded || tapping.destroyed) return
+    breakOff()
+    tapping.destroy(new Error('the upstream answer closed before its end'))
+  })
+  tapping.once('close', () => {
+    if (tapping.writableFinished) return
+    breakOff()
+    source.destroy()
+  })
+  source.pipe(tapping)
   if (clientGone(reply)) {
     charge?.abandoned()
     copy?.abort('client_left')
