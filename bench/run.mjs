@@ -14,12 +14,13 @@
 //   BENCH_RATE=500         requests per second of scenario 5
 //   BENCH_UPSTREAM_DELAY_MS=0  the fake upstream's delay before answering
 //   BENCH_NO_NGINX=1, BENCH_NO_WRK=1, BENCH_NO_PIN=1, BENCH_NO_REDIS=1  leave one of them out
+//   BENCH_PROFILE_DIR=dir  the gateway runs with --cpu-prof and writes its .cpuprofile there
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { Agent, request as httpRequest } from 'node:http'
 import { connect, createServer } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
@@ -32,6 +33,7 @@ const RUNS = Number(env.BENCH_RUNS ?? '3')
 const WARMUP = Number(env.BENCH_WARMUP_SECONDS ?? '1')
 const RATE = Number(env.BENCH_RATE ?? '500')
 const SCENARIOS = (env.BENCH_SCENARIOS ?? '1,2,3,4,5').split(',').map((s) => Number(s.trim()))
+const PROFILE_DIR = env.BENCH_PROFILE_DIR ? resolve(env.BENCH_PROFILE_DIR) : null
 const flag = (name) => env[name] !== undefined && env[name] !== '' && env[name] !== '0'
 
 // ---------------------------------------------------------------------------------------------
@@ -233,7 +235,8 @@ async function startGateway(upstream, redis) {
     key = 'igw-bench-development-key'
     gatewayEnv.GATEWAY_DEV_KEY = key
   }
-  const child = start('gateway', process.execPath, ['dist/cli.js'], { env: gatewayEnv })
+  const profile = PROFILE_DIR === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`]
+  const child = start('gateway', process.execPath, [...profile, 'dist/cli.js'], { env: gatewayEnv })
   await waitFor('the gateway', () => httpOk(port, '/readyz'))
   return { child, port, url: `http://127.0.0.1:${port}`, key, store: redis === null ? 'in-process' : 'Redis' }
 }
@@ -583,6 +586,14 @@ async function main() {
   mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true })
   writeFileSync(join(ROOT, 'bench', 'results', 'latest.md'), `# npm run bench, ${new Date().toISOString()}\n\n${table}`)
   process.stdout.write(`\n${table}`)
+  if (PROFILE_DIR !== null) {
+    // The profile is written as the process exits: SIGTERM, its drain, then exit.
+    gateway.child.expectedExit = true
+    const exited = new Promise((resolve) => gateway.child.once('exit', resolve))
+    gateway.child.kill('SIGTERM')
+    await exited
+    console.error(`bench: the gateway's CPU profile is in ${PROFILE_DIR}`)
+  }
   console.error(`bench: done in ${fmt((Date.now() - began) / 1000)} s; written to bench/results/latest.md`)
 }
 
