@@ -186,7 +186,19 @@ const PICO_PER_USD_DIGITS = 12
 const ATTO_PER_PICO = 1_000_000n
 const ATTO_PER_MICRO = 1_000_000_000_000n
 
+/** Prices come from the table, a few dozen numbers: each is parsed once, not on every request. */
+const picoByUsd = new Map<number, bigint>()
+
 function usdToPico(value: number): bigint {
+  let pico = picoByUsd.get(value)
+  if (pico === undefined) {
+    pico = parsePico(value)
+    picoByUsd.set(value, pico)
+  }
+  return pico
+}
+
+function parsePico(value: number): bigint {
   const match = /^([0-9]+)(?:\.([0-9]+))?(?:e([+-]?[0-9]+))?$/.exec(String(value))
   if (match === null) throw new RangeError(`not a price in USD: ${value}`)
   const fraction = match[2] ?? ''
