@@ -87,10 +87,12 @@ export function createRedis(
     // Per-node options may not carry lazyConnect, retryStrategy or enableOfflineQueue: the cluster
     // manages its node connections itself (lazyConnect: false there made about a quarter of new
     // clients fail their ready check and reconnect, refusing the first commands).
-    const { lazyConnect: _lazy, retryStrategy: _retry, enableOfflineQueue, ...nodeOptions } = role
+    // Auto-pipelining is a cluster option: ioredis does not read it from the node options.
+    const { lazyConnect: _lazy, retryStrategy: _retry, enableOfflineQueue, enableAutoPipelining, ...nodeOptions } = role
     const cluster: ClusterOptions = {
       clusterRetryStrategy: reconnectDelay,
       enableOfflineQueue: enableOfflineQueue ?? false,
+      enableAutoPipelining: enableAutoPipelining ?? false,
       redisOptions: { ...nodeOptions, ...auth }
     }
     client = new DeadlineCluster(where.cluster, cluster)

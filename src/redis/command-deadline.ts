@@ -19,19 +19,22 @@ function armDeadline(command: Command, ms: number): void {
   }
   const timer = setTimeout(() => setImmediate(expire), ms)
   // The timer must not hold the command (its arguments and reply, MBs on the images connection)
-  // once it is settled.
+  // once it is settled. A settled command may be sent again with a new promise (a cluster
+  // pipeline retried after MOVED or ASK): it gets a deadline of its own then, as with ioredis's.
   const { resolve, reject } = command
   command.resolve = (value: unknown): void => {
     clearTimeout(timer)
+    armed.delete(command)
     resolve(value)
   }
   command.reject = (error: Error): void => {
     clearTimeout(timer)
+    armed.delete(command)
     reject(error)
   }
 }
 
-/** A cluster may send one command twice (its offline queue): one deadline per command. */
+/** A cluster may send one unsettled command twice (its offline queue): one deadline per promise. */
 const armed = new WeakSet<Command>()
 
 /** One server or a Sentinel-managed primary, with the lag-tolerant deadline. */
