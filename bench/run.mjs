@@ -14,7 +14,7 @@
 //   BENCH_RATE=500         requests per second of scenario 5
 //   BENCH_UPSTREAM_DELAY_MS=0  the fake upstream's delay before answering
 //   BENCH_NO_NGINX=1, BENCH_NO_WRK=1, BENCH_NO_PIN=1, BENCH_NO_REDIS=1  leave one of them out
-//   BENCH_PROFILE_DIR=dir  the gateway runs with --cpu-prof and writes its .cpuprofile there
+//   BENCH_PROFILE_DIR=dir  the gateway runs with --cpu-prof and writes a .cpuprofile per scenario there
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { Agent, request as httpRequest } from 'node:http'
@@ -536,15 +536,21 @@ function report(machine, results) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** SIGTERM, its drain, then exit (which is when a CPU profile is written). */
+async function stopGateway(gateway) {
+  gateway.child.expectedExit = true
+  const exited = new Promise((resolve) => gateway.child.once('exit', resolve))
+  gateway.child.kill('SIGTERM')
+  await exited
+}
+
 async function main() {
   const began = Date.now()
   if (PIN) spawnSync('taskset', ['-a', '-p', '-c', LOAD_CORE, String(process.pid)], { stdio: 'ignore' })
   const upstream = await startUpstream()
   const redis = await startRedis()
-  const gateway = await startGateway(upstream, redis)
   const nginx = await startNginx(upstream)
-  const targets = [
-    { name: 'gateway', url: gateway.url, key: gateway.key, child: gateway.child },
+  const others = [
     { name: 'direct', url: upstream.url, key: 'sk-bench-direct', child: undefined },
     ...(nginx === null ? [] : [{ name: 'nginx', url: nginx.url, key: 'sk-bench-direct', child: nginx.child }])
   ]
@@ -553,12 +559,17 @@ async function main() {
     cores: cpus().length,
     model: /^Model name:\s+(.+)$/m.exec(lscpu)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown CPU',
     pinning: PIN ? `gateway, nginx, Redis and upstream pinned to core ${SERVER_CORE}, load to core ${LOAD_CORE}` : 'no CPU pinning',
-    store: gateway.store
+    store: redis === null ? 'in-process' : 'Redis'
   }
-  console.error(`bench: ${machine.pinning}; targets: ${targets.map((t) => t.name).join(', ')}; ${RUNS} × ${SECONDS} s per scenario and target`)
+  console.error(`bench: ${machine.pinning}; targets: gateway, ${others.map((t) => t.name).join(', ')}; ${RUNS} × ${SECONDS} s per scenario and target`)
 
   const results = []
+  const gatewayLogs = []
   for (const scenario of scenarios()) {
+    // A fresh gateway for each scenario: its peak RSS is that scenario's, not the heap that the
+    // scenarios before it grew (V8 keeps it).
+    const gateway = await startGateway(upstream, redis)
+    const targets = [{ name: 'gateway', url: gateway.url, key: gateway.key, child: gateway.child }, ...others]
     for (const target of targets) await preflight(target, scenario)
     if (WARMUP > 0) for (const target of targets) await load(target, scenario, WARMUP)
     const runs = new Map(targets.map((t) => [t.name, []]))
@@ -575,25 +586,19 @@ async function main() {
       }
     }
     results.push({ scenario, byTarget: new Map([...runs].map(([name, list]) => [name, summarise(list)])) })
+    await stopGateway(gateway)
+    const log = gateway.child.output.trim()
+    if (log !== '') gatewayLogs.push(...log.split('\n'))
   }
 
   let table = report(machine, results)
-  const gatewayLog = gateway.child.output.trim()
-  if (gatewayLog !== '') {
-    const count = gatewayLog.split('\n').length
-    table += `\nThe gateway logged at warn or above during the bench (${count} lines in the tail kept; the last five):\n\n\`\`\`\n${gatewayLog.split('\n').slice(-5).join('\n')}\n\`\`\`\n`
+  if (gatewayLogs.length > 0) {
+    table += `\nThe gateway logged at warn or above during the bench (${gatewayLogs.length} lines in the tails kept; the last five):\n\n\`\`\`\n${gatewayLogs.slice(-5).join('\n')}\n\`\`\`\n`
   }
   mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true })
   writeFileSync(join(ROOT, 'bench', 'results', 'latest.md'), `# npm run bench, ${new Date().toISOString()}\n\n${table}`)
   process.stdout.write(`\n${table}`)
-  if (PROFILE_DIR !== null) {
-    // The profile is written as the process exits: SIGTERM, its drain, then exit.
-    gateway.child.expectedExit = true
-    const exited = new Promise((resolve) => gateway.child.once('exit', resolve))
-    gateway.child.kill('SIGTERM')
-    await exited
-    console.error(`bench: the gateway's CPU profile is in ${PROFILE_DIR}`)
-  }
+  if (PROFILE_DIR !== null) console.error(`bench: the gateway's CPU profiles (one per scenario) are in ${PROFILE_DIR}`)
   console.error(`bench: done in ${fmt((Date.now() - began) / 1000)} s; written to bench/results/latest.md`)
 }
 
