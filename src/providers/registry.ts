@@ -89,7 +89,7 @@ export class Registry {
           continue
         }
         // Loaded only when configured: the sandbox brings sharp (libvips) and a second fastify,
-        // about 10 MB of RSS a gateway in front of real providers does not need.
+        // about 8 MB of RSS that a gateway in front of real providers does not need.
         const { startSandbox } = await import('../sandbox/server.js')
         const sandbox = await startSandbox()
         sandboxes.push(sandbox)

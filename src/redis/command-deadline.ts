@@ -50,7 +50,7 @@ export class DeadlineRedis extends Redis {
   }
 
   override sendCommand(command: Command, stream?: Parameters<Redis['sendCommand']>[1]): unknown {
-    // Set before the constructor returns only for the handshake, which has its own connect timeout.
+    // No deadline for a client made without one (the subscriber waits by design).
     if (this.deadlineMs !== undefined) armDeadline(command, this.deadlineMs)
     return super.sendCommand(command, stream)
   }
@@ -61,7 +61,7 @@ export class DeadlineRedis extends Redis {
   }
 }
 
-/** A Redis Cluster, with the deadline armed once per command at the cluster (not per node). */
+/** A Redis Cluster, with the deadline armed at the cluster each time a command is sent (not per node). */
 export class DeadlineCluster extends Cluster {
   private readonly deadlineMs: number | undefined
   private readonly seedNodes: ClusterNode[]
